@@ -1,0 +1,194 @@
+"""Train the demo CTC model (SEWForCTC, LibriSpeech 32-symbol vocabulary) on espeak-ng synthetic speech.
+
+Resumable at any point: one state file (default training/work/ctc_resume.pt) holds weights, optimizer, step,
+epoch position and best metrics; it is replaced atomically every --save-every-s seconds. Rerun the same command
+(or pass --state training/state/ctc_resume.pt) to continue. --steps may be raised on resume (the cosine schedule
+is then stretched from the current step on).
+Run: nohup nice -n 10 python -m training.train_ctc > training/work/train_ctc.out 2>&1 &
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+
+from sew_pipeline.models import SEWConfig, SEWForCTC
+from training.common import (WORK, Meter, UttSet, augment, collate, encode_text, greedy_decode, load_state, log,
+                             lr_at, param_count, save_state)
+
+SR = 16000
+
+
+def ctc_config() -> SEWConfig:
+    return SEWConfig(
+        vocab_size=32, hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
+        squeeze_factor=2, conv_dim=(64, 64, 64, 64, 64, 128, 128), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16,
+        hidden_dropout=0.05, activation_dropout=0.05, attention_dropout=0.05, feat_proj_dropout=0.05,
+        final_dropout=0.05, layerdrop=0.0, mask_time_prob=0.05, mask_time_length=10, mask_time_min_masks=2,
+        ctc_loss_reduction="mean", ctc_zero_infinity=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def make_batches(lengths: np.ndarray, max_samples: int, seed: int) -> list[np.ndarray]:
+    """Length-bucketed batches (padded size <= max_samples), in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(lengths + rng.integers(0, 1600, lengths.size), kind="stable")  # jitter: varied batch mates
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        m = max(cur_max, int(lengths[i]))
+        if cur and m * (len(cur) + 1) > max_samples:
+            batches.append(np.array(cur))
+            cur, m = [], int(lengths[i])
+        cur.append(int(i))
+        cur_max = m
+    if cur:
+        batches.append(np.array(cur))
+    rng.shuffle(batches)
+    return batches
+
+
+@torch.no_grad()
+def transcribe(model: SEWForCTC, waves: list[np.ndarray], max_samples: int = 16000 * 120) -> list[str]:
+    model.eval()
+    order = np.argsort([w.size for w in waves])
+    out: dict[int, str] = {}
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and waves[order[j]].size * (j - i + 1) <= max_samples:
+            j += 1
+        idx = order[i:j]
+        x, m = collate([waves[k] for k in idx])
+        ids = model(x, attention_mask=m).logits.argmax(-1).numpy()
+        lens = model.output_lengths(m.sum(-1)).tolist()
+        for k, row, n in zip(idx, ids, lens):
+            out[int(k)] = greedy_decode(row[: int(n)])
+        i = j
+    model.train()
+    return [out[k] for k in range(len(waves))]
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
+    refs = [r.upper() for r in refs]
+    hyps = [h.upper() if h.strip() else "<EMPTY>" for h in hyps]
+    return float(jiwer.cer(refs, hyps)), float(jiwer.wer(refs, hyps))
+
+
+def evaluate_sets(model: SEWForCTC, sets: dict[str, UttSet], limit: int | None = None) -> dict[str, tuple[float, float]]:
+    res = {}
+    for name, s in sets.items():
+        n = len(s) if limit is None else min(limit, len(s))
+        hyps = transcribe(model, [s.audio(i) for i in range(n)])
+        res[name] = error_rates([s.rows[i]["text"] for i in range(n)], hyps)
+    return res
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=16000)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--clip", type=float, default=5.0)
+    ap.add_argument("--batch-seconds", type=float, default=64.0)
+    ap.add_argument("--state", type=Path, default=WORK / "ctc_resume.pt")
+    ap.add_argument("--save-every-s", type=float, default=300.0)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (after saving) after this long; 0 = no limit")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    logfile = WORK / "train_ctc.log"
+    train = UttSet("ctc_train")
+    evals = {"heldout": UttSet("ctc_heldout"), "dev_seenvoice": UttSet("ctc_dev_seenvoice")}
+    noise = np.load(WORK / "noise" / "noise_train.npy")
+    lengths = np.array([r["num_samples"] for r in train.rows])
+    labels_all = [encode_text(r["text"]) for r in train.rows]
+    model = SEWForCTC(ctc_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8)
+    st = load_state(a.state) or {}
+    step, epoch, pos, wall = st.get("step", 0), st.get("epoch", 0), st.get("pos", 0), st.get("wall_s", 0.0)
+    sched_from, sched_total = st.get("sched_from", 0), st.get("sched_total", a.steps)
+    sched_base = st.get("sched_base", a.lr)
+    history: list = list(st.get("history", []))
+
+    def lr_now(s: int) -> float:
+        if sched_from == 0:
+            return lr_at(s, a.lr, a.warmup, sched_total)
+        # Resumed with a new total: continue from the lr reached, cosine down over the remaining steps.
+        t = (s - sched_from) / max(1, sched_total - sched_from)
+        return float(0.05 * a.lr + (sched_base - 0.05 * a.lr) * 0.5 * (1 + np.cos(np.pi * min(1.0, t))))
+
+    if st:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        if a.steps != sched_total:  # stretch the remaining cosine instead of jumping the lr
+            sched_base = lr_now(step)
+            sched_from, sched_total = step, a.steps
+        log(f"resumed {a.state} at step {step} (epoch {epoch}, batch {pos}, {wall / 60:.1f} min trained)", logfile)
+    log(f"CTC model {param_count(model) / 1e6:.2f}M params; train {len(train)} utts "
+        f"({lengths.sum() / SR / 3600:.1f} h); target steps {a.steps}", logfile)
+    rng = np.random.default_rng(10_000 + step)
+    max_samples = int(a.batch_seconds * SR)
+    batches = make_batches(lengths, max_samples, seed=epoch)
+    meter, t_save, t_start = Meter(), time.time(), time.time()
+
+
+    def save() -> None:
+        save_state(a.state, model=model.state_dict(), opt=opt.state_dict(), step=step, epoch=epoch, pos=pos,
+                   wall_s=wall + time.time() - t_start, sched_from=sched_from, sched_total=sched_total,
+                   sched_base=sched_base,
+                   history=history)
+
+    model.train()
+    while step < a.steps:
+        if pos >= len(batches):
+            epoch, pos = epoch + 1, 0
+            batches = make_batches(lengths, max_samples, seed=epoch)
+        idx = batches[pos]
+        pos += 1
+        waves = [augment(train.audio(i), rng, noise, p_noise=0.4, snr_db=(5.0, 40.0), p_tel=0.2) for i in idx]
+        x, m = collate(waves)
+        labs = [labels_all[i] for i in idx]
+        y = torch.full((len(labs), max(len(t) for t in labs)), -100, dtype=torch.long)
+        for k, t in enumerate(labs):
+            y[k, : len(t)] = torch.tensor(t)
+        for g in opt.param_groups:
+            g["lr"] = lr_now(step)
+        loss = model(x, attention_mask=m, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip))
+        if torch.isfinite(loss):
+            opt.step()
+        step += 1
+        meter.add(float(loss), float(m.sum()) / SR, gn)
+        if step % 50 == 0:
+            log(f"ctc step {step}/{a.steps} ep {epoch} {meter.line()} lr {opt.param_groups[0]['lr']:.2e} "
+                f"trained {(wall + time.time() - t_start) / 60:.1f} min", logfile)
+            meter.reset()
+        if step % a.eval_every == 0 or step == a.steps:
+            t_ev = time.time()
+            res = evaluate_sets(model, evals, limit=None if step % (a.eval_every * 4) == 0 or step == a.steps else 150)
+            history.append({"step": step, "minutes": (wall + time.time() - t_start) / 60,
+                            **{f"{k}_{m_}": v[j] for k, v in res.items() for j, m_ in enumerate(("cer", "wer"))}})
+            log(f"ctc step {step} EVAL " + " ".join(f"{k}: CER {c:.3f} WER {w:.3f}" for k, (c, w) in res.items())
+                + f" ({time.time() - t_ev:.0f}s)", logfile)
+            model.save_pretrained(WORK / "ctc_last")
+        if time.time() - t_save > a.save_every_s:
+            save()
+            t_save = time.time()
+        if a.max_minutes and time.time() - t_start > a.max_minutes * 60:
+            break
+    save()
+    model.save_pretrained(WORK / "ctc_last")
+    log(f"ctc stopped at step {step}, {(wall + time.time() - t_start) / 60:.1f} min trained", logfile)
+    return WORK / "ctc_last"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Train the demo keyword classifier (SEWForSequenceClassification, 12 Speech Commands labels) on synthetic words.
+
+Resumable: everything lives in one file (training/work/kws_resume.pt, written atomically every few minutes);
+rerunning the same command continues from it. Run: python -m training.train_kws [--steps N]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sew_pipeline.models import SEWConfig, SEWForSequenceClassification
+from training.common import (WORK, Meter, UttSet, augment, collate, load_state, log, lr_at, param_count,
+                             save_state)
+from training.synth import KWS_LABELS
+
+SR = 16000
+CLIP = SR  # Speech Commands clips are 1 s
+
+
+def kws_config() -> SEWConfig:
+    cfg = SEWConfig(
+        hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768, squeeze_factor=2,
+        conv_dim=(64, 64, 64, 64, 64, 128, 128), conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16, hidden_dropout=0.1, activation_dropout=0.05,
+        attention_dropout=0.05, feat_proj_dropout=0.05, final_dropout=0.1, layerdrop=0.0, mask_time_prob=0.05,
+        mask_time_length=5, mask_time_min_masks=1, classifier_proj_size=128, use_weighted_layer_sum=False,
+    )
+    return cfg.with_labels(KWS_LABELS)
+
+
+def place(word: np.ndarray, rng: np.random.Generator, jitter: bool = True) -> np.ndarray:
+    """Put a (trimmed) word into a 1 s window at a random (or centred) position; crop if longer."""
+    out = np.zeros(CLIP, np.float32)
+    if word.size >= CLIP:
+        s = rng.integers(0, word.size - CLIP + 1) if jitter else (word.size - CLIP) // 2
+        return word[s: s + CLIP].copy()
+    s = rng.integers(0, CLIP - word.size + 1) if jitter else (CLIP - word.size) // 2
+    out[s: s + word.size] = word
+    return out
+
+
+def noise_floor(x: np.ndarray, rng: np.random.Generator, noise: np.ndarray) -> np.ndarray:
+    """Real recordings never contain digital zeros: add a quiet bed of noise (-80..-45 dBFS)."""
+    clip = noise[rng.integers(len(noise))]
+    s = rng.integers(0, clip.size - CLIP + 1)
+    n = clip[s: s + CLIP]
+    return x + n / (np.abs(n).max() + 1e-9) * np.float32(10 ** rng.uniform(-4, -2.25))
+
+
+def silence_clip(rng: np.random.Generator, noise: np.ndarray) -> np.ndarray:
+    clip = noise[rng.integers(len(noise))]
+    s = rng.integers(0, clip.size - CLIP + 1)
+    return (clip[s: s + CLIP] * np.float32(10 ** rng.uniform(-1.5, 0.5))).clip(-1, 1)
+
+
+class KwsSampler:
+    def __init__(self, words: UttSet, noise: np.ndarray, seed: int):
+        self.words, self.noise = words, noise
+        self.by_label: dict[int, list[int]] = {}
+        for i, r in enumerate(words.rows):
+            self.by_label.setdefault(KWS_LABELS.index(r["label"]), []).append(i)
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, n: int) -> tuple[list[np.ndarray], list[int]]:
+        rng, waves, labels = self.rng, [], []
+        sil, unk = KWS_LABELS.index("_silence_"), KWS_LABELS.index("_unknown_")
+        for _ in range(n):
+            u = rng.random()
+            lab = sil if u < 1 / 13 else unk if u < 3 / 13 else int(rng.integers(10))
+            if lab == sil:
+                x = silence_clip(rng, self.noise)
+                if rng.random() < 0.15:
+                    x = x * np.float32(1e-3)  # near-digital silence
+            else:
+                x = noise_floor(place(self.words.audio(int(rng.choice(self.by_label[lab]))), rng), rng, self.noise)
+                x = augment(x, rng, self.noise, p_noise=0.6, snr_db=(0.0, 30.0), p_tel=0.2)
+            waves.append(x)
+            labels.append(lab)
+        return waves, labels
+
+
+def eval_set(words: UttSet, noise_heldout: np.ndarray, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """Held-out voices and unknown words, centred, quiet noise floor; + held-out generated noise as _silence_."""
+    rng = np.random.default_rng(seed)
+    waves = [noise_floor(place(words.audio(i), rng, jitter=False), rng, noise_heldout) for i in range(len(words))]
+    labels = [KWS_LABELS.index(r["label"]) for r in words.rows]
+    waves += [(c * np.float32(10 ** rng.uniform(-1.5, 0.5))).clip(-1, 1).astype(np.float32) for c in noise_heldout]
+    labels += [KWS_LABELS.index("_silence_")] * len(noise_heldout)
+    return waves, labels
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, waves: list[np.ndarray], bs: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(waves), bs):
+        x, m = collate(waves[i: i + bs])
+        out.append(model(x, attention_mask=m).logits.argmax(-1).numpy())
+    model.train()
+    return np.concatenate(out)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--state", type=Path, default=WORK / "kws_resume.pt")
+    ap.add_argument("--save-every-s", type=float, default=180.0)
+    ap.add_argument("--eval-every", type=int, default=250)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    logfile = WORK / "train_kws.log"
+    words, held = UttSet("kws_train"), UttSet("kws_heldout")
+    noise = np.load(WORK / "noise" / "noise_train.npy")
+    ev_waves, ev_labels = eval_set(held, np.load(WORK / "noise" / "noise_heldout.npy"))
+    model = SEWForSequenceClassification(kws_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step, best, wall = 0, -1.0, 0.0
+    st = load_state(a.state)
+    if st:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, best, wall = st["step"], st["best"], st["wall_s"]
+        log(f"resumed at step {step}", logfile)
+    log(f"KWS model: {param_count(model) / 1e6:.2f}M params; train words {len(words)}; eval {len(ev_waves)}", logfile)
+    sampler = KwsSampler(words, noise, seed=1000 + step)  # why: a resumed run does not replay the same batches
+    meter, t_save, t_start = Meter(), time.time(), time.time()
+    model.train()
+    while step < a.steps:
+        waves, labels = sampler.batch(a.batch)
+        x, m = collate(waves)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, a.lr, 200, a.steps)
+        logits = model(x, attention_mask=m).logits
+        loss = F.cross_entropy(logits, torch.tensor(labels), label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0))
+        opt.step()
+        step += 1
+        meter.add(float(loss), len(waves) * CLIP / SR, gn)
+        if step % 50 == 0:
+            log(f"kws step {step}/{a.steps} {meter.line()} lr {opt.param_groups[0]['lr']:.2e}", logfile)
+            meter.reset()
+        done = step == a.steps
+        if step % a.eval_every == 0 or done:
+            pred = predict(model, ev_waves)
+            acc = float(np.mean(pred == np.array(ev_labels)))
+            log(f"kws step {step} held-out accuracy {acc:.4f}", logfile)
+            if acc >= best:
+                best = acc
+                model.save_pretrained(WORK / "kws_best")
+        if time.time() - t_save > a.save_every_s or done:
+            save_state(a.state, model=model.state_dict(), opt=opt.state_dict(), step=step, best=best,
+                       wall_s=wall + time.time() - t_start)
+            t_save = time.time()
+    log(f"kws done: step {step}, best held-out acc {best:.4f}, wall {wall + time.time() - t_start:.0f}s", logfile)
+    return WORK / "kws_best"
+
+
+if __name__ == "__main__":
+    main()
