@@ -1,0 +1,195 @@
+"""Nightly evaluation job logic with a stand-in transcriber (no Ray): outputs, history, gate.
+
+The stand-in writes the pipeline's output schema from the transcripts, altered on purpose,
+so expected WERs are computed here with jiwer from the fixture's own trans.txt files.
+"""
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from sew_pipeline import evaluation
+from sew_pipeline.config import ConfigError, load_config
+from sew_pipeline.schema import CTC_SCHEMA
+from tests.support.paths import LIBRISPEECH_ROOT
+from tests.test_reports import assert_nontrivial_png
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "nightly_librispeech.yaml"
+
+
+def fixture_transcripts() -> dict[str, tuple[str, str, str]]:
+    """id -> (split, speaker, text), parsed here independently of sew_pipeline.manifests."""
+    out = {}
+    for trans in LIBRISPEECH_ROOT.glob("*/*/*/*.trans.txt"):
+        split, speaker = trans.parts[-4], trans.parts[-3]
+        for line in trans.read_text().splitlines():
+            utt, text = line.split(" ", 1)
+            out[utt] = (split, speaker, text)
+    return out
+
+
+@dataclass
+class FakeResult:
+    output: str
+    summary: dict
+
+
+class FakeTranscriber:
+    """Writes CTC_SCHEMA rows with hypothesis = corrupt(reference), rows in reverse order."""
+
+    def __init__(self, corrupt=lambda utt, text: text, drop=()):
+        self.corrupt, self.drop, self.calls = corrupt, set(drop), []
+
+    def __call__(self, cfg):
+        self.calls.append(cfg)
+        refs = {u: v for u, v in fixture_transcripts().items() if v[0] == Path(cfg.manifest).name}
+        rows = []
+        for utt in sorted(refs, reverse=True):  # order differs from the manifest: join must use ids
+            if utt in self.drop:
+                continue
+            flac = next(LIBRISPEECH_ROOT.glob(f"*/*/*/{utt}.flac"))
+            dur = sf.info(str(flac)).duration
+            rows.append({"id": utt, "item_id": utt, "audio_uri": str(flac), "channel": -1, "start_s": 0.0,
+                         "end_s": dur, "duration_s": dur, "text": self.corrupt(utt, refs[utt][2]), "words": [],
+                         "num_chunks": 1, "model": cfg.model, "checkpoint_sha256": "f" * 64, "processing_s": 0.5,
+                         "frames": 10, "padded_frames": 0, "run_id": "x"})
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=CTC_SCHEMA), f"{cfg.output}/part-0.parquet")
+        return FakeResult(cfg.output, {"wall_s": 2.0})
+
+
+def drop_last_word(utt, text):
+    return " ".join(text.split()[:-1]) if utt == "1272-128104-0000" else text
+
+
+def garble(utt, text):
+    words = text.split()
+    return " ".join(w if i % 2 else "XX" for i, w in enumerate(words)) if utt.startswith("1272") else text
+
+
+def _argv(tmp_path, run, **extra):
+    sets = {"librispeech_root": str(LIBRISPEECH_ROOT), "output": str(tmp_path / "runs" / "{run_id}"),
+            "history": str(tmp_path / "history.jsonl"), "run_id": run, **extra}
+    return ["--config", str(CONFIG)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def _expected_wer(split, corrupt):
+    pairs = [(t, corrupt(u, t)) for u, (s, _, t) in sorted(fixture_transcripts().items()) if s == split]
+    return jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs]), jiwer.cer([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def test_run_on_fixture_writes_parquet_summary_report(tmp_path, capsys):
+    fake = FakeTranscriber(drop_last_word)
+    assert evaluation.main(_argv(tmp_path, "r1"), transcribe=fake) == 0
+    run = tmp_path / "runs" / "r1"
+    assert sorted(Path(c.manifest).name for c in fake.calls) == ["dev-clean", "test-clean"]  # discovered
+
+    summary = json.loads((run / "summary.json").read_text())
+    wer, cer = _expected_wer("dev-clean", drop_last_word)
+    assert summary["splits"]["dev-clean"]["wer"] == wer == 1 / (17 + 31)
+    assert summary["splits"]["dev-clean"]["cer"] == cer
+    assert summary["splits"]["test-clean"]["wer"] == 0.0
+    assert summary["splits"]["dev-clean"]["n_utts"] == 2 and summary["splits"]["dev-clean"]["n_words"] == 48
+    audio_s = 5.86 + 13.34
+    assert summary["splits"]["dev-clean"]["audio_hours"] == pytest.approx(audio_s / 3600, abs=1e-4)
+    assert summary["splits"]["dev-clean"]["real_time_factor"] == pytest.approx(2.0 / audio_s, rel=1e-3)
+    assert summary["splits"]["dev-clean"]["audio_s_per_s"] == pytest.approx(audio_s / 2.0, rel=1e-3)
+    assert summary["speakers"]["dev-clean"]["1272"]["deletions"] == 1
+    assert summary["checkpoint_sha256"] == "f" * 64 and summary["run_id"] == "r1"
+    assert summary["gate"]["passed"] is True
+
+    utts = pd.read_parquet(run / "utterances.parquet").set_index("id")
+    assert utts.loc["1272-128104-0000", "deletions"] == 1 and utts.loc["1272-128104-0000", "hits"] == 16
+    assert utts.loc["1995-1837-0001", "split"] == "test-clean" and utts.loc["1995-1837-0001", "wer"] == 0.0
+    assert utts.loc["1272-141231-0002", "hypothesis"] == fixture_transcripts()["1272-141231-0002"][2]
+
+    md = (run / "report.md").read_text()
+    assert "![WER per split](plots/wer_per_split.png)" in md and "1272-128104-0000" in md
+    for png in ("wer_per_split.png", "wer_trend.png"):
+        assert_nontrivial_png((run / "plots" / png).read_bytes())
+    assert "dev-clean: WER 2.08%" in capsys.readouterr().out
+
+
+def test_two_runs_build_two_point_trend_then_regression_fails_gate(tmp_path, capsys):
+    history = tmp_path / "history.jsonl"
+    assert evaluation.main(_argv(tmp_path, "r1"), transcribe=FakeTranscriber()) == 0
+    # 0 % -> 2.08 % on dev-clean is over the 0.5-point margin
+    assert evaluation.main(_argv(tmp_path, "r2"), transcribe=FakeTranscriber(drop_last_word)) == 1
+    runs = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [r["run_id"] for r in runs] == ["r1", "r2"]
+    assert [r["splits"]["dev-clean"]["wer"] for r in runs] == [0.0, 1 / 48]
+    assert_nontrivial_png((tmp_path / "runs" / "r2" / "plots" / "wer_trend.png").read_bytes())
+    err = capsys.readouterr().err
+    assert "dev-clean" in err and "WER 0.0208" in err and "WER 0.0000" in err and "previous run r1" in err
+    assert "test-clean" not in err
+
+    # A third, much worse run fails against r2; the message names the split and both numbers.
+    wer, _ = _expected_wer("dev-clean", garble)
+    assert evaluation.main(_argv(tmp_path, "r3"), transcribe=FakeTranscriber(garble)) == 1
+    err = capsys.readouterr().err
+    assert f"dev-clean: WER {wer:.4f}" in err and "previous run r2 WER 0.0208" in err
+    summary = json.loads((tmp_path / "runs" / "r3" / "summary.json").read_text())
+    assert summary["gate"]["passed"] is False and "dev-clean" in summary["gate"]["failures"][0]
+    assert err.count("GATE FAILED") == 1  # test-clean did not regress
+
+
+def test_margin_allows_small_increase(tmp_path):
+    assert evaluation.main(_argv(tmp_path, "r1"), transcribe=FakeTranscriber()) == 0
+    argv = _argv(tmp_path, "r2", max_wer_increase=0.03)
+    assert evaluation.main(argv, transcribe=FakeTranscriber(drop_last_word)) == 0
+
+
+def test_baseline_file_gates_without_history(tmp_path, capsys):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"test-clean": 0.0, "dev-clean": 0.001}))
+    argv = _argv(tmp_path, "r1", baseline=str(baseline), history="")
+    assert evaluation.main(argv, transcribe=FakeTranscriber(drop_last_word)) == 1
+    assert "dev-clean: WER 0.0208 (2.08%) is worse than baseline WER 0.0010" in capsys.readouterr().err
+    assert not (tmp_path / "history.jsonl").exists()
+
+
+def test_explicit_splits_parent_root_and_missing_rows(tmp_path):
+    fake = FakeTranscriber(drop=["1272-141231-0002"])
+    cfg = load_config(evaluation.EvalConfig, CONFIG, [
+        f"librispeech_root={LIBRISPEECH_ROOT.parent}", "splits=[dev-clean]",  # parent of LibriSpeech/
+        f"output={tmp_path}/out", "history=", "run_id=r1"])
+    result = evaluation.evaluate(cfg, transcribe=fake)
+    assert [Path(c.manifest).name for c in fake.calls] == ["dev-clean"]
+    s = result.summary["splits"]
+    assert list(s) == ["dev-clean"]
+    # the utterance with no output row counts as 31 deletions and as a failure
+    assert s["dev-clean"]["wer"] == pytest.approx(31 / 48) and s["dev-clean"]["n_failed"] == 1
+    utts = pd.read_parquet(tmp_path / "out" / "utterances.parquet").set_index("id")
+    assert utts.loc["1272-141231-0002", "error_type"] == "no_output"
+
+
+def test_unknown_split_and_bad_config_are_clear_errors(tmp_path):
+    cfg = load_config(evaluation.EvalConfig, CONFIG, [
+        f"librispeech_root={LIBRISPEECH_ROOT}", "splits=[dev-other]", f"output={tmp_path}/o", "history="])
+    with pytest.raises(FileNotFoundError, match="dev-other"):
+        evaluation.evaluate(cfg, transcribe=FakeTranscriber())
+    with pytest.raises(ConfigError, match="librispeech_root"):
+        load_config(evaluation.EvalConfig, None, [f"output={tmp_path}"])
+    with pytest.raises(ConfigError, match="manifest"):
+        load_config(evaluation.EvalConfig, CONFIG, ["manifest=x.jsonl", "librispeech_root=/x"])
+    cfg = load_config(evaluation.EvalConfig, CONFIG, ["baseline.dev-clean=0.05", "librispeech_root=/x"])
+    assert cfg.baseline == {"dev-clean": 0.05} and cfg.max_wer_increase == 0.005
+
+
+def test_transcribe_config_carries_pipeline_keys(tmp_path):
+    fake = FakeTranscriber()
+    cfg = load_config(evaluation.EvalConfig, CONFIG, [
+        f"librispeech_root={LIBRISPEECH_ROOT}", "splits=[test-clean]", f"output={tmp_path}/{{run_id}}",
+        "history=", "run_id=abc", "model=/models/x", "inference.num_actors=3", "storage_options.region=eu"])
+    evaluation.evaluate(cfg, transcribe=fake)
+    tc = fake.calls[0]
+    assert type(tc).__name__ == "TranscribeConfig" and tc.model == "/models/x" and tc.inference.num_actors == 3
+    assert tc.output == f"{tmp_path}/abc/predictions/test-clean" and tc.storage_options == {"region": "eu"}
+    assert Path(tc.manifest) == LIBRISPEECH_ROOT / "test-clean"
