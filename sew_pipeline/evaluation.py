@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from sew_pipeline import metrics, reports, storage
 from sew_pipeline.config import ConfigError, PipelineConfig, TranscribeConfig, opt, parse_args
 from sew_pipeline.manifests import read_manifest
+from sew_pipeline.results import read_results
 
 log = logging.getLogger(__name__)
 KNOWN_SPLITS = ("dev-clean", "dev-other", "test-clean", "test-other")
@@ -106,10 +107,10 @@ def load_baseline(baseline: Union[str, Mapping, None], storage_options: Mapping 
 
 
 def read_predictions(uri: str, storage_options: Mapping | None) -> pd.DataFrame:
-    """The pipeline's Parquet dataset, one row per id (a successful row wins over an error row)."""
-    fs, path = storage.filesystem(uri, storage_options)
+    """The pipeline's complete Parquet files, one row per id (a successful row wins over an error)."""
     cols = ["id", "text", "error_type", "error", "duration_s", "processing_s", "model", "checkpoint_sha256"]
-    df = pq.read_table(path, filesystem=fs, columns=cols).to_pandas()
+    table = read_results(uri, dict(storage_options or {}), columns=cols)
+    df = table.to_pandas() if table is not None else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     df = df.sort_values("error_type", na_position="first", kind="stable")
     return df.drop_duplicates("id", keep="first")
 
@@ -140,26 +141,30 @@ def run_split(cfg: EvalConfig, root: str, split: str, out_dir: str, opts: Mappin
     refs = read_manifest(manifest, opts)
     refs = refs.filter(pc.is_valid(refs["text"]))  # audio without a transcript cannot be scored
     started = time.monotonic()
-    result = transcribe(_transcribe_cfg(cfg, manifest, reports.join_uri(out_dir, "predictions", split)))
+    tcfg = _transcribe_cfg(cfg, manifest, reports.join_uri(out_dir, "predictions", split))
+    result = transcribe(tcfg)
     pipe = dict(getattr(result, "summary", None) or {})
     pipe.setdefault("wall_s", time.monotonic() - started)
-    joined = join_references(refs, read_predictions(result.output, opts))
+    # tcfg.output, not result.output: the latter is redacted for display
+    joined = join_references(refs, read_predictions(tcfg.output, opts))
     joined["split"] = split
     return joined, pipe
 
 
 def split_perf(joined: pd.DataFrame, pipe: Mapping) -> dict:
-    """Audio hours, real-time factor (wall / audio) and throughput (audio s per wall s)."""
+    """Audio hours of the split; real-time factor (wall / audio) and throughput (audio s per wall s)
+    as the pipeline measured them for the work this run did (resumed rows are not re-timed)."""
     audio_s = float(joined["duration_s"].fillna(0).sum())
     wall_s = float(pipe.get("wall_s") or 0.0)
     model_s = float(joined["processing_s"].fillna(0).sum())
     return {
         "audio_hours": audio_s / 3600,
         "wall_s": wall_s,
-        "real_time_factor": wall_s / audio_s if audio_s else None,
-        "audio_s_per_s": audio_s / wall_s if wall_s else None,
+        "real_time_factor": pipe.get("real_time_factor", wall_s / audio_s if audio_s else None),
+        "audio_s_per_s": pipe.get("audio_s_per_s", audio_s / wall_s if wall_s else None),
         "model_real_time_factor": model_s / audio_s if audio_s else None,
         "n_failed": int(joined["error_type"].notna().sum()),
+        "resumed_rows": int(pipe.get("skipped_already_done") or 0),
     }
 
 

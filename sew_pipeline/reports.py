@@ -168,7 +168,7 @@ def plot_wer_per_split(splits: Mapping[str, Mapping]) -> bytes:
 
 def plot_trend(history: Sequence[Mapping]) -> bytes:
     """WER (%) per split across history runs, one line per split."""
-    labels = [str(r.get("timestamp") or r.get("run_id"))[:16] for r in history]
+    labels = [f"{str(r.get('timestamp') or '')[:10]}\n{r.get('run_id')}" for r in history]
     splits = sorted({s for r in history for s in r.get("splits", {})})
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(history) + 3), 3.5))
     for split in splits:
@@ -209,7 +209,7 @@ def _num(x, fmt: str = "{:.3f}") -> str:
 
 def _split_table(splits: Mapping[str, Mapping]) -> list[str]:
     lines = [
-        "| split | utts | words | WER % | CER % | WER % (whisper) | CER % (whisper) | errors | audio h | RTF | audio s/s |",
+        "| split | utts | words | WER % | CER % | WER % (whisper) | CER % (whisper) | failed items | audio h | RTF | audio s/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in sorted(splits):
