@@ -120,7 +120,17 @@ def decode(data: bytes | IO[bytes], offset_s: float | None = None, duration_s: f
 
 def _seek(snd: sf.SoundFile, frame: int, uri: str | None) -> None:
     try:
-        snd.seek(frame)
+        if snd.seekable():
+            snd.seek(frame)
+            return
+        # Some codecs (GSM 6.10) cannot seek or even tell(); callers only seek right after opening,
+        # so skip forward from frame 0 by decoding.
+        pos = 0
+        while pos < frame:  # skip by decoding, block by block
+            got = len(snd.read(min(BLOCK_FRAMES, frame - pos), dtype="float32", always_2d=True))
+            if got == 0:
+                break
+            pos += got
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise ItemError("unreadable", f"cannot seek to frame {frame} ({exc})", uri) from None
 

@@ -39,7 +39,7 @@ _registered: set[str] = set()
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _KEY_VALUE = re.compile(
     r"(?i)(?P<name>[\w.-]*(?:secret|token|password|passwd|signature|credential|access[_-]?key(?:[_-]?id)?|api[_-]?key)[\w.-]*)"
-    r"(?P<sep>[\"']?\s*[=:]\s*[\"']?)(?P<value>[^\s&\"',;}]+)"
+    r"(?P<sep>\s*=\s*[\"']?|[\"']\s*:\s*[\"']?)(?P<value>[^\s&\"',;}]+)"
 )
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}\b")
 

@@ -1,2 +1,3 @@
 """Shared fixtures: real local services (S3 on 127.0.0.1, one Ray per session), test data paths."""
 from tests.support.paths import *  # noqa: F401,F403
+from tests.support.s3_server import *  # noqa: F401,F403
