@@ -108,6 +108,11 @@ class SEWConfig:
             jump *= stride
         return field_
 
+    @property
+    def min_input_samples(self) -> int:
+        """Shortest input giving one squeezed frame; anything shorter has nothing for the transformer to see."""
+        return self.receptive_field + (self.squeeze_factor - 1) * self.total_stride
+
     def with_labels(self, labels: list[str]) -> "SEWConfig":
         """A copy whose id2label/label2id describe `labels` in order."""
         return dataclasses.replace(

@@ -360,6 +360,9 @@ class SEWModel(PretrainedMixin, nn.Module):
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 mask_time_indices: torch.Tensor | None = None, output_hidden_states: bool = False,
                 output_attentions: bool = False) -> ModelOutput:
+        if input_values.shape[-1] < self.config.min_input_samples:
+            raise ValueError(f"input of {input_values.shape[-1]} samples is shorter than the model's minimum "
+                             f"{self.config.min_input_samples} (pad short clips)")
         feats = self.feature_extractor(input_values).transpose(1, 2)  # [B, T, C]
         feats = self.layer_norm(feats)
         if self.project_features:
