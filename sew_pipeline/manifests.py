@@ -100,10 +100,11 @@ def derive_id(path: str, offset_s: float | None = None, duration_s: float | None
     """Stable id from the audio path as written in the manifest (+ the segment, if any).
 
     The path as written (not the resolved URI) keeps ids identical when a corpus moves between
-    local disk and a bucket with relative paths.
+    local disk and a bucket with relative paths. A segment (`offset` given, as in NeMo segment
+    manifests) gets '@<offset>+<duration>'; a plain `duration` is file metadata and leaves the id alone.
     """
     rid = path.removeprefix("./")
-    if offset_s is not None or duration_s is not None:
+    if offset_s is not None:
         rid += f"@{offset_s or 0.0:.3f}+{duration_s if duration_s is not None else -1:.3f}"
     return rid
 
