@@ -211,3 +211,17 @@ def test_unreadable_corrupt_known_containers():
     expect_error("unreadable", audio.decode, flac[:4] + rng.bytes(3000))
     expect_error("unreadable", audio.decode, wav[:12] + rng.bytes(3000))
     expect_error("unreadable", audio.decode, b"RIFF")
+
+
+def test_offset_in_unseekable_codec_skips_by_decoding():
+    data = encode(tone(440, 2.0, 8000), 8000, "WAV", "GSM610")  # libsndfile cannot seek GSM 6.10
+    full, _ = audio.decode(data)
+    part, _ = audio.decode(data, offset_s=0.5, duration_s=1.0)
+    np.testing.assert_array_equal(part, full[:, 4000:12000])
+
+
+def test_split_of_mono_file_is_channel_zero(tmp_path):
+    path = tmp_path / "mono.flac"
+    sf.write(path, tone(440, 0.5, 16000), 16000)
+    [(c, y)] = audio.load({"audio_uri": str(path)}, storage_options={}, channels="split")
+    assert c == 0 and len(y) == 8000
