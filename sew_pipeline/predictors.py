@@ -1,0 +1,368 @@
+"""Pipeline stages as plain callables over Arrow batches (no Ray here; ray_pipeline.py wires them).
+
+decode_batch / DecodeStage: manifest rows → chunk rows (audio as float32 bytes); one error row per failed item.
+CTCPredictor / ClassifierPredictor: chunk rows → prediction rows (argmax ids or class probabilities for
+    each chunk, cost and padding counters); error rows pass through untouched.
+ItemAssembler: prediction rows → output rows, all rows of one manifest id at once.
+Rows never depend on order: everything is keyed by (id, item_index, chunk_index).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sew_pipeline.config import PipelineConfig
+from sew_pipeline.errors import ItemError, redact
+from sew_pipeline.schema import CHUNK_SCHEMA, to_table
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+STRIDE = 320  # samples per CTC frame (20 ms)
+
+PREDICTION_SCHEMA = pa.schema(
+    [f for f in CHUNK_SCHEMA if f.name != "audio"] + [
+        pa.field("payload", pa.binary()),        # CTC: int16 argmax ids of the keep range; cls: float32 probs
+        pa.field("model", pa.string()), pa.field("checkpoint_sha256", pa.string()),
+        pa.field("processing_s", pa.float64()), pa.field("frames", pa.int64()),
+        pa.field("padded_frames", pa.int64()),
+    ])
+
+
+# ------------------------------------------------------------------ decode
+def _channels_mode(value: str) -> str | int:
+    return int(value) if str(value).lstrip("-").isdigit() else value
+
+
+class DecodeStage:
+    """Manifest batch → chunk batch: load, resample to 16 kHz, pick channels, cut into windows."""
+
+    def __init__(self, cfg: PipelineConfig):
+        from sew_pipeline import storage
+        self.cfg = cfg
+        self.options = storage.storage_options(cfg.storage_options)
+        conv = model_config(cfg, self.options)
+        kernels, strides = conv.get("conv_kernel"), conv.get("conv_stride")
+        self.frames_for = None
+        if kernels and strides:  # window keep ranges must use the model's own frame count
+            from sew_pipeline.chunking import conv_frames
+            self.frames_for = lambda n: conv_frames(n, kernels, strides)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict] = []
+        for row in batch.to_pylist():
+            rows.extend(self.decode_row(row))
+        return to_table(rows, CHUNK_SCHEMA)
+
+    def decode_row(self, row: dict) -> list[dict]:
+        from sew_pipeline import audio, chunking
+        base = {"id": row["id"], "audio_uri": redact(str(row.get("audio_uri"))), "text": row.get("text"),
+                "split": row.get("split"), "speaker": row.get("speaker"),
+                "item_start_s": float(row.get("offset_s") or 0.0)}
+        try:
+            channels = audio.load(row, storage_options=self.options, sample_rate=SAMPLE_RATE,
+                                  channels=_channels_mode(self.cfg.decode.channels),
+                                  max_duration_s=self.cfg.decode.max_duration_s)
+        except ItemError as exc:
+            return [error_row(base, exc.error_type, exc.message)]
+        except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
+            return [error_row(base, "internal", redact(f"decode failed: {type(exc).__name__}: {exc}"))]
+        out = []
+        for item_index, (channel, y) in enumerate(channels):
+            item_id = row["id"] if len(channels) == 1 and channel == -1 else f"{row['id']}#c{channel}"
+            windows = chunking.plan_windows(len(y), self.cfg.window_s, self.cfg.overlap_s,
+                                            sr=SAMPLE_RATE, stride=STRIDE, frames_for=self.frames_for)
+            for w in windows:
+                out.append({**base, "item_id": item_id, "channel": int(channel), "item_index": item_index,
+                            "num_items": len(channels), "chunk_index": w.index, "num_chunks": len(windows),
+                            "start_s": base["item_start_s"] + w.start / SAMPLE_RATE,
+                            "end_s": base["item_start_s"] + w.end / SAMPLE_RATE,
+                            "item_duration_s": len(y) / SAMPLE_RATE,
+                            "keep_start_frame": w.keep_start_frame, "keep_end_frame": w.keep_end_frame,
+                            "start_frame": w.start // STRIDE,
+                            "audio": np.ascontiguousarray(y[w.start:w.end], dtype="<f4").tobytes()})
+        return out
+
+
+def model_config(cfg: PipelineConfig, options: dict) -> dict:
+    """The checkpoint's config.json as a dict ({} when absent)."""
+    import json
+    import fsspec
+    from sew_pipeline.models import registry
+    uri = registry.resolve_model(cfg.model).rstrip("/") + "/config.json"
+    try:
+        with fsspec.open(uri, "rb", **(options if "://" in uri else {})) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return {}
+
+
+def error_row(base: dict, error_type: str, message: str) -> dict:
+    """The single row an item that failed before the model turns into."""
+    return {**base, "item_id": base["id"], "channel": -1, "item_index": 0, "num_items": 1,
+            "chunk_index": 0, "num_chunks": 1, "item_duration_s": None, "start_s": base["item_start_s"],
+            "end_s": None, "error_type": error_type, "error": message}
+
+
+def decode_batch(batch: pa.Table, cfg: PipelineConfig) -> pa.Table:
+    """Function form of DecodeStage for stateless CPU tasks."""
+    return DecodeStage(cfg)(batch)
+
+
+# ------------------------------------------------------------------ batching
+def plan_batches(lengths: list[int], max_batch_samples: int, max_padding_fraction: float) -> list[list[int]]:
+    """Group indices of similar length: each group pads at most ``max_padding_fraction`` of its
+    samples and holds at most ``max_batch_samples`` padded samples (a longer item runs alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = total = 0
+    for i in order:
+        n = lengths[i]
+        if current:
+            padded = (len(current) + 1) * longest
+            if padded <= max_batch_samples and padded - (total + n) <= max_padding_fraction * padded:
+                current.append(i)
+                total += n
+                continue
+            groups.append(current)
+        current, longest, total = [i], n, n
+    if current:
+        groups.append(current)
+    return groups
+
+
+# ------------------------------------------------------------------ model stage
+def _pick_device(use_gpu: str) -> str:
+    import torch
+    if use_gpu == "no" or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda"
+
+
+class _Predictor:
+    """Shared model-stage logic: load once, group by length, run forward passes, time them."""
+
+    model_cls_name = ""
+
+    def __init__(self, cfg: PipelineConfig, num_threads: int | None = None):
+        import torch
+        from sew_pipeline import models
+        from sew_pipeline.models import registry
+        from sew_pipeline import storage
+        self.cfg = cfg
+        self.device = _pick_device(cfg.inference.use_gpu)
+        if self.device == "cpu":  # actor CPUs == torch threads, so actors don't oversubscribe cores
+            torch.set_num_threads(max(1, int(num_threads or cfg.inference.cpus_per_actor)))
+        options = storage.storage_options(cfg.storage_options)
+        uri = registry.resolve_model(cfg.model)
+        self.model = getattr(models, self.model_cls_name).from_pretrained(uri, storage_options=options)
+        self.model.eval().to(self.device)
+        self.feature_extractor = models.FeatureExtractor.from_pretrained(uri, storage_options=options)
+        self.model_name = redact(cfg.model)
+        self.sha256 = getattr(self.model, "checkpoint_sha256", None)
+        self.load_extra(uri, options)
+
+    def load_extra(self, uri: str, options: dict) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        audio_rows = [i for i, r in enumerate(rows) if r.get("error_type") is None and r.get("audio")]
+        for r in rows:
+            r.update(model=self.model_name, checkpoint_sha256=self.sha256, processing_s=0.0,
+                     frames=0, padded_frames=0)
+            if r.get("error_type") is None and not r.get("audio"):
+                r.update(error_type="empty", error=f"empty: {r.get('audio_uri')}: no samples in window")
+        waves = {i: np.frombuffer(rows[i].pop("audio"), dtype="<f4") for i in audio_rows}
+        lengths = [len(waves[i]) for i in audio_rows]
+        inf = self.cfg.inference
+        for group in plan_batches(lengths, int(inf.max_batch_audio_s * SAMPLE_RATE), inf.max_padding_fraction):
+            idx = [audio_rows[g] for g in group]
+            try:
+                self._run_group(idx, [waves[i] for i in idx], rows)
+            except Exception as exc:  # noqa: BLE001 - the batch's items become typed error rows
+                log.exception("inference failed on %d items", len(idx))
+                for i in idx:
+                    rows[i].update(error_type="inference", error=redact(f"inference: {type(exc).__name__}: {exc}"))
+        for r in rows:
+            r.pop("audio", None)
+        return to_table(rows, PREDICTION_SCHEMA)
+
+    def _run_group(self, idx: list[int], waves: list[np.ndarray], rows: list[dict]) -> None:
+        import torch
+        feats = self.feature_extractor(waves)
+        values = feats["input_values"].to(self.device)
+        mask = feats.get("attention_mask")
+        mask = mask.to(self.device) if mask is not None else None
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(values, attention_mask=mask).logits
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        frames_total = int(self.model.output_lengths(int(values.shape[1])))
+        for j, i in enumerate(idx):
+            valid = int(self.model.output_lengths(len(waves[j])))
+            rows[i].update(processing_s=seconds / len(idx), frames=frames_total,
+                           padded_frames=max(frames_total - valid, 0))
+            rows[i]["payload"] = self.payload(logits[j], valid, rows[i])
+
+    def payload(self, logits: Any, valid_frames: int, row: dict) -> bytes:
+        raise NotImplementedError
+
+
+class CTCPredictor(_Predictor):
+    """Per chunk: argmax ids of the frames this chunk keeps (its most central part), as int16 bytes."""
+
+    model_cls_name = "SEWForCTC"
+
+    def payload(self, logits: Any, valid_frames: int, row: dict) -> bytes:
+        lo = max(int(row["keep_start_frame"]) - int(row["start_frame"]), 0)
+        hi = min(int(row["keep_end_frame"]) - int(row["start_frame"]), valid_frames)
+        ids = logits[lo:max(hi, lo)].argmax(dim=-1).to("cpu").numpy()
+        return ids.astype("<i2").tobytes()
+
+
+class ClassifierPredictor(_Predictor):
+    """Per window: class probabilities as float32 bytes."""
+
+    model_cls_name = "SEWForSequenceClassification"
+
+    def payload(self, logits: Any, valid_frames: int, row: dict) -> bytes:
+        probs = logits.float().softmax(dim=-1).to("cpu").numpy()
+        return probs.astype("<f4").tobytes()
+
+
+def predictor_class(task: str) -> type[_Predictor]:
+    return {"ctc": CTCPredictor, "classification": ClassifierPredictor}[task]
+
+
+# ------------------------------------------------------------------ assembly
+class ItemAssembler:
+    """Prediction rows → output rows. Buffers rows until every chunk of every item (channel) of a
+    manifest id has arrived, then emits all of that id's output rows together, so they land in the
+    same output block/file: an id is either fully written or not at all (the resume unit).
+
+    Must see every row of an id: run it as a single stateful instance (small rows only)."""
+
+    def __init__(self, cfg: PipelineConfig, run_id: str):
+        from sew_pipeline.schema import output_schema
+        self.cfg, self.run_id = cfg, run_id
+        self.schema = output_schema(cfg.task)
+        self.pending: dict[str, dict[tuple[int, int], dict]] = {}
+        self.tokenizer = self.labels = None
+        if cfg.task == "ctc":
+            from sew_pipeline import models, storage
+            from sew_pipeline.models import registry
+            self.tokenizer = models.CTCTokenizer.from_pretrained(
+                registry.resolve_model(cfg.model), storage_options=storage.storage_options(cfg.storage_options))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: list[dict] = []
+        for row in batch.to_pylist():
+            rows = self.pending.setdefault(row["id"], {})
+            rows[(row["item_index"], row["chunk_index"])] = row
+            if self._complete(rows):
+                del self.pending[row["id"]]
+                out.extend(self.finish(list(rows.values())))
+        for r in out:
+            r["run_id"] = self.run_id
+        return to_table(out, self.schema)
+
+    @staticmethod
+    def _complete(rows: dict[tuple[int, int], dict]) -> bool:
+        first = next(iter(rows.values()))
+        expected = {}
+        for r in rows.values():
+            expected[r["item_index"]] = r["num_chunks"]
+        return len(expected) == first["num_items"] and len(rows) == sum(expected.values())
+
+    def finish(self, rows: list[dict]) -> list[dict]:
+        items: dict[int, list[dict]] = {}
+        for r in sorted(rows, key=lambda r: (r["item_index"], r["chunk_index"])):
+            items.setdefault(r["item_index"], []).append(r)
+        if self.cfg.task == "ctc":
+            return [self.finish_ctc(chunks) for chunks in items.values()]
+        out = []
+        for chunks in items.values():
+            out.extend(self.finish_windows(chunks))
+        aggregates = [r for r in out if r["level"] == "channel" and r["error_type"] is None]
+        if len(items) > 1 and len(aggregates) == len(items):
+            out.append(self._call_aggregate(out))
+        return out
+
+    # -- shared
+    @staticmethod
+    def _item_fields(chunks: list[dict]) -> dict:
+        first, failed = chunks[0], next((c for c in chunks if c.get("error_type")), None)
+        start = first["item_start_s"]
+        duration = first["item_duration_s"]
+        return {"id": first["id"], "item_id": first["item_id"], "audio_uri": first["audio_uri"],
+                "channel": first["channel"], "start_s": start,
+                "end_s": None if duration is None else start + duration, "duration_s": duration,
+                "model": first["model"], "checkpoint_sha256": first["checkpoint_sha256"],
+                "error_type": failed["error_type"] if failed else None,
+                "error": failed["error"] if failed else None,
+                "processing_s": sum(c["processing_s"] or 0.0 for c in chunks),
+                "frames": sum(c["frames"] or 0 for c in chunks),
+                "padded_frames": sum(c["padded_frames"] or 0 for c in chunks)}
+
+    # -- CTC: stitch keep ranges in chunk order, then greedy-decode once
+    def finish_ctc(self, chunks: list[dict]) -> dict:
+        row = self._item_fields(chunks)
+        row["num_chunks"] = len(chunks)
+        if row["error_type"] is None:
+            ids = np.concatenate([np.frombuffer(c["payload"] or b"", dtype="<i2") for c in chunks])
+            text, words = self.tokenizer.decode_words(ids.astype(np.int64), seconds_per_frame=STRIDE / SAMPLE_RATE,
+                                                      time_offset_s=row["start_s"])
+            row["text"] = text
+            row["words"] = [{"word": w, "start_s": float(s), "end_s": float(e)} for w, s, e in words]
+        return row
+
+    # -- classification: window rows + per-channel aggregate (mean of window probabilities)
+    def _label_fields(self, probs: np.ndarray) -> dict:
+        labels = self.cfg_labels(len(probs))
+        top = np.argsort(-probs, kind="stable")[: self.cfg.top_k]
+        return {"label": labels[top[0]], "score": float(probs[top[0]]),
+                "top_k": [{"label": labels[k], "score": float(probs[k])} for k in top]}
+
+    def cfg_labels(self, n: int) -> list[str]:
+        if self.labels is None or len(self.labels) != n:
+            self.labels = self._load_labels(n)
+        return self.labels
+
+    def _load_labels(self, n: int) -> list[str]:
+        from sew_pipeline import storage
+        id2label = model_config(self.cfg, storage.storage_options(self.cfg.storage_options)).get("id2label") or {}
+        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+    def finish_windows(self, chunks: list[dict]) -> list[dict]:
+        item = self._item_fields(chunks)
+        agg = {**item, "level": "channel", "num_windows": len(chunks)}
+        if item["error_type"] is not None:
+            return [agg]
+        out, all_probs = [], []
+        for c in chunks:
+            probs = np.frombuffer(c["payload"], dtype="<f4")
+            all_probs.append(probs)
+            out.append({**item, "level": "window", "window_index": c["chunk_index"], "start_s": c["start_s"],
+                        "end_s": c["end_s"], "duration_s": c["end_s"] - c["start_s"],
+                        "processing_s": c["processing_s"], "frames": c["frames"],
+                        "padded_frames": c["padded_frames"], "num_windows": 1, **self._label_fields(probs)})
+        agg["_probs"] = np.mean(all_probs, axis=0)
+        agg.update(self._label_fields(agg["_probs"]))
+        return out + [agg]
+
+    def _call_aggregate(self, rows: list[dict]) -> dict:
+        channels = [r for r in rows if r["level"] == "channel"]
+        first = channels[0]
+        probs = np.mean([r["_probs"] for r in channels], axis=0)
+        return {**{k: first[k] for k in ("id", "audio_uri", "start_s", "end_s", "duration_s", "model",
+                                          "checkpoint_sha256")},
+                "item_id": first["id"], "channel": -1, "level": "call", "error_type": None, "error": None,
+                "num_windows": sum(r["num_windows"] for r in channels), "processing_s": 0.0, "frames": 0,
+                "padded_frames": 0, **self._label_fields(probs)}

@@ -1,0 +1,147 @@
+"""The only module that imports Ray: builds the Ray Data pipeline, runs it, resumes, summarises.
+
+manifest (driver) → filter ids already written → from_arrow
+  → map_batches(decode_batch)            CPU tasks, memory reserved, small batches
+  → map_batches(Predictor)               fixed ActorPoolStrategy: 1 GPU/actor, or k CPUs = k torch threads
+  → map_batches(ItemAssembler)           one small stateful actor: stitches chunks, aggregates windows
+  → write_parquet(output)                local path or s3:// (fsspec filesystem with the endpoint)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.datasource import FilenameProvider
+
+from sew_pipeline import storage
+from sew_pipeline.config import LabelConfig, PipelineConfig, TranscribeConfig, redacted_dict
+from sew_pipeline.errors import redact
+from sew_pipeline.predictors import ItemAssembler, decode_batch, predictor_class
+from sew_pipeline.results import ResultStore
+from sew_pipeline.schema import output_schema
+from sew_pipeline.summary import SUMMARY_COLUMNS, format_table, summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    output: str
+    run_id: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return format_table(self.summary)
+
+
+class _RunFilenames(FilenameProvider):
+    """part-<run_id>-<write uuid>-<task>.parquet: a new file set per run, never overwriting."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"part-{self.run_id}-{write_uuid}-{task_index:06d}-{{i}}.parquet"
+
+
+def transcribe(cfg: TranscribeConfig) -> JobResult:
+    """CTC transcription of ``cfg.manifest`` into ``cfg.output`` (one row per item)."""
+    return run(cfg)
+
+
+def label(cfg: LabelConfig) -> JobResult:
+    """Windowed classification (per-window rows + per-channel/per-call aggregates)."""
+    return run(cfg)
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a local Ray."""
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+
+
+def run(cfg: PipelineConfig) -> JobResult:
+    t0 = time.perf_counter()
+    ensure_ray(cfg.ray_address)
+    options = storage.storage_options(cfg.storage_options)
+    store = ResultStore(cfg.output, options)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    log.info("run %s config %s", run_id, redacted_dict(cfg))
+
+    manifest = _load_manifest(cfg, options)
+    skipped = 0
+    if cfg.resume:
+        store.quarantine_incomplete()
+        done = store.completed_ids()
+        if done:
+            keep = pc.invert(pc.is_in(manifest.column("id"), value_set=pa.array(sorted(done), pa.string())))
+            skipped = manifest.num_rows - int(pc.sum(keep.cast(pa.int64())).as_py() or 0)
+            manifest = manifest.filter(keep)
+    if manifest.num_rows:
+        dataset = build_dataset(cfg, manifest, run_id)
+        dataset.write_parquet(
+            _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
+            schema=output_schema(cfg.task), ray_remote_args={"num_cpus": 0})
+    columns = SUMMARY_COLUMNS + (["level"] if cfg.task == "classification" else [])
+    rows = store.read(columns, run_id=run_id)
+    summary = summarize(rows, cfg.task, time.perf_counter() - t0, manifest.num_rows + skipped, skipped,
+                        expected=manifest.num_rows)
+    return JobResult(output=redact(cfg.output), run_id=run_id, summary=summary)
+
+
+def _write_path(store: ResultStore) -> str:
+    if store.is_local:
+        store.fs.makedirs(store.root, exist_ok=True)
+    return store.root
+
+
+def _load_manifest(cfg: PipelineConfig, options: dict) -> pa.Table:
+    from sew_pipeline import manifests
+    table = manifests.read_manifest(cfg.manifest, storage_options=options)
+    # Duplicate ids would break the one-row-per-id contract: keep each id's first row.
+    ids = table.column("id").to_pylist()
+    first: dict[str, int] = {}
+    for i, id_ in enumerate(ids):
+        first.setdefault(id_, i)
+    if len(first) < len(ids):
+        log.warning("manifest has %d duplicate ids; keeping the first row of each", len(ids) - len(first))
+        table = table.take(sorted(first.values()))
+    if cfg.limit is not None:
+        table = table.slice(0, cfg.limit)
+    return table
+
+
+def _model_resources(cfg: PipelineConfig) -> dict[str, Any]:
+    inf = cfg.inference
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    if inf.use_gpu == "yes" or (inf.use_gpu == "auto" and has_gpu):
+        return {"num_gpus": 1, "num_cpus": 1}
+    return {"num_cpus": inf.cpus_per_actor}
+
+
+def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str) -> ray.data.Dataset:
+    """The lazy Ray Dataset for ``manifest``; nothing runs until it is consumed."""
+    blocks = max(1, min(manifest.num_rows, math.ceil(manifest.num_rows / cfg.decode.batch_rows)))
+    resources = _model_resources(cfg)
+    if "num_gpus" in resources:
+        cfg.inference.use_gpu = "yes"
+    predictor = predictor_class(cfg.task)
+    return (
+        ray.data.from_arrow(manifest, override_num_blocks=blocks)
+        .map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_rows,
+                     batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
+                     memory=cfg.decode.memory_mb * 2**20)
+        .map_batches(predictor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.inference.batch_rows,
+                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors),
+                     **resources)
+        # All rows of an id must meet in one place: a single, nearly free actor (rows are small).
+        .map_batches(ItemAssembler, fn_constructor_kwargs={"cfg": cfg, "run_id": run_id}, batch_size=None,
+                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
+    )

@@ -1,0 +1,78 @@
+"""Arrow schemas of the pipeline's output (stable, documented in README.md) and its internal rows.
+
+Output files always carry exactly these columns in this order, so every Parquet part of a
+dataset (across resumed runs) shares one schema.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+WORD = pa.struct([("word", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64())])
+LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
+
+# Shared leading columns: where the result comes from.
+_SOURCE = [
+    ("id", pa.string()),            # manifest id (join key)
+    ("item_id", pa.string()),       # id, or id#c<channel> when channels are split
+    ("audio_uri", pa.string()),     # source URI (redacted)
+    ("channel", pa.int32()),        # -1 = downmix, else channel index
+    ("start_s", pa.float64()),      # segment start in the source file (s)
+    ("end_s", pa.float64()),        # segment end in the source file (s)
+    ("duration_s", pa.float64()),   # end_s - start_s
+]
+# Shared trailing columns: provenance, errors, cost.
+_TRAILER = [
+    ("model", pa.string()),              # model name/URI as configured (redacted)
+    ("checkpoint_sha256", pa.string()),  # sha256 of model.safetensors (or .bin)
+    ("error_type", pa.string()),         # null on success, else one of errors.ERROR_TYPES / "inference"
+    ("error", pa.string()),              # redacted message, null on success
+    ("processing_s", pa.float64()),      # model seconds spent on this row (share of its batches)
+    ("frames", pa.int64()),              # model output frames computed for this row, padding included
+    ("padded_frames", pa.int64()),       # of which padding (sum / sum frames = padded-frame fraction)
+    ("run_id", pa.string()),             # the run that wrote the row
+]
+
+CTC_SCHEMA = pa.schema(_SOURCE + [
+    ("text", pa.string()),               # greedy CTC transcript (null on error)
+    ("words", pa.list_(WORD)),           # word timings in the source timeline
+    ("num_chunks", pa.int32()),          # windows stitched into this row
+] + _TRAILER)
+
+# level: "window" rows, then one "channel" aggregate per item and, for split multi-channel
+# audio, one "call" aggregate (channel -1) over all channels.
+CLASSIFICATION_SCHEMA = pa.schema(_SOURCE + [
+    ("level", pa.string()),
+    ("window_index", pa.int32()),        # null for aggregate rows
+    ("label", pa.string()),
+    ("score", pa.float32()),
+    ("top_k", pa.list_(LABEL_SCORE)),
+    ("num_windows", pa.int32()),
+] + _TRAILER)
+
+# Decoded chunk rows between DecodeStage and the predictors (see docs/DESIGN.md).
+CHUNK_SCHEMA = pa.schema([
+    ("id", pa.string()), ("item_id", pa.string()), ("audio_uri", pa.string()),
+    ("channel", pa.int32()), ("item_index", pa.int32()), ("num_items", pa.int32()),
+    ("chunk_index", pa.int32()), ("num_chunks", pa.int32()),
+    ("start_s", pa.float64()), ("end_s", pa.float64()),
+    ("item_start_s", pa.float64()), ("item_duration_s", pa.float64()),
+    ("keep_start_frame", pa.int64()), ("keep_end_frame", pa.int64()),
+    ("start_frame", pa.int64()),         # window start in 20 ms frames of the item timeline
+    ("audio", pa.binary()), ("text", pa.string()), ("split", pa.string()), ("speaker", pa.string()),
+    ("error_type", pa.string()), ("error", pa.string()),
+])
+
+SUMMARY_COLUMNS = ["id", "error_type", "duration_s", "frames", "padded_frames"]
+
+
+def output_schema(task: str) -> pa.Schema:
+    if task == "ctc":
+        return CTC_SCHEMA
+    if task == "classification":
+        return CLASSIFICATION_SCHEMA
+    raise ValueError(f"unknown task {task!r}")
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts, missing keys = null) → a table with exactly ``schema``'s columns."""
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
