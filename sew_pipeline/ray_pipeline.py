@@ -8,8 +8,10 @@ manifest (driver) → filter ids already written → from_arrow
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -67,8 +69,17 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 
+def _absolute(cfg: PipelineConfig) -> PipelineConfig:
+    """Local paths made absolute on the driver: Ray workers may run in another directory."""
+    def fix(uri: str) -> str:
+        return uri if storage.is_remote(uri) or not uri else os.path.abspath(uri)
+    model = fix(cfg.model) if os.path.exists(cfg.model) else cfg.model  # else a shipped name
+    return dataclasses.replace(cfg, manifest=fix(cfg.manifest), output=fix(cfg.output), model=model)
+
+
 def run(cfg: PipelineConfig) -> JobResult:
     t0 = time.perf_counter()
+    cfg = _absolute(cfg)
     ensure_ray(cfg.ray_address)
     options = storage.storage_options(cfg.storage_options)
     store = ResultStore(cfg.output, options)
