@@ -193,3 +193,76 @@ def test_transcribe_config_carries_pipeline_keys(tmp_path):
     assert type(tc).__name__ == "TranscribeConfig" and tc.model == "/models/x" and tc.inference.num_actors == 3
     assert tc.output == f"{tmp_path}/abc/predictions/test-clean" and tc.storage_options == {"region": "eu"}
     assert Path(tc.manifest) == LIBRISPEECH_ROOT / "test-clean"
+
+
+# ---------------------------------------------------------------- real Ray pipeline (tiny random model)
+# decode.num_cpus=0.5 leaves room for the model actor and the assembler on the 2-CPU test Ray.
+PIPELINE_SETS = ["decode.num_cpus=0.5", "inference.cpus_per_actor=1"]
+
+
+def _hypotheses(pred_dir) -> dict[str, str]:
+    rows = pq.read_table(str(pred_dir), columns=["id", "text"]).to_pylist()
+    return {r["id"]: r["text"] or "" for r in rows}
+
+
+def test_real_pipeline_two_runs_trend_then_gate(ray_session, tmp_path, tiny_ctc_dir, capsys):
+    base = _argv(tmp_path, "r1", model=tiny_ctc_dir)
+    base += [x for s in PIPELINE_SETS for x in ("--set", s)]
+    assert evaluation.main(base) == 0
+    run = tmp_path / "runs" / "r1"
+    summary = json.loads((run / "summary.json").read_text())
+    # WER from the references (trans.txt) and the pipeline's own Parquet, computed with jiwer here.
+    refs = fixture_transcripts()
+    for split in ("dev-clean", "test-clean"):
+        hyps = _hypotheses(run / "predictions" / split)
+        ids = sorted(u for u, v in refs.items() if v[0] == split)
+        assert sorted(hyps) == ids
+        expected = jiwer.wer([refs[u][2] for u in ids], [" ".join(hyps[u].upper().split()) for u in ids])
+        assert summary["splits"][split]["wer"] == expected
+        assert summary["splits"][split]["real_time_factor"] > 0 and summary["splits"][split]["audio_s_per_s"] > 0
+    assert summary["splits"]["dev-clean"]["audio_hours"] == pytest.approx((5.86 + 13.34) / 3600, abs=1e-4)
+    assert len(summary["checkpoint_sha256"]) == 64
+    utts = pd.read_parquet(run / "utterances.parquet")
+    assert sorted(utts["id"]) == sorted(refs) and set(utts["split"]) == {"dev-clean", "test-clean"}
+    for png in ("wer_per_split.png", "wer_trend.png"):
+        assert_nontrivial_png((run / "plots" / png).read_bytes())
+    assert "## Worst utterances" in (run / "report.md").read_text()
+
+    # Same model again: a two-point trend, and no regression.
+    base[base.index("run_id=r1")] = "run_id=r2"
+    assert evaluation.main(base) == 0
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["run_id"] for h in history] == ["r1", "r2"]
+    assert history[0]["splits"] == history[1]["splits"]  # same checkpoint, same audio -> same numbers
+
+    # A previous run that was much better: this (random-weight) model now regresses on it.
+    with open(tmp_path / "history.jsonl", "a") as f:
+        f.write(json.dumps({"run_id": "good", "timestamp": "t", "splits": {"test-clean": {"wer": 0.05}}}) + "\n")
+    base[base.index("run_id=r2")] = "run_id=r3"
+    assert evaluation.main(base + ["--set", "splits=[test-clean]"]) == 1
+    err = capsys.readouterr().err
+    wer = summary["splits"]["test-clean"]["wer"]
+    assert f"test-clean: WER {wer:.4f}" in err and "previous run good WER 0.0500" in err
+
+
+def test_real_pipeline_s3_root_output_and_history(ray_session, s3_server, tiny_ctc_dir, capsys):
+    s3 = s3_server
+    root = s3.upload_dir(LIBRISPEECH_ROOT / "test-clean", "evalcorpus", "LibriSpeech/test-clean")
+    root = root.rsplit("/", 1)[0]
+    s3.create_bucket("evalout")
+    s3.put("evalout", "nightly/history.jsonl",
+           json.dumps({"run_id": "old", "timestamp": "t", "splits": {"dev-other": {"wer": 0.1}}}) + "\n")
+    sets = [f"librispeech_root={root}", "output=s3://evalout/nightly/{run_id}", "run_id=s1",
+            "history=s3://evalout/nightly/history.jsonl", f"model={tiny_ctc_dir}",
+            f"storage_options={json.dumps(s3.storage_options)}", *PIPELINE_SETS]
+    assert evaluation.main(["--config", str(CONFIG)] + [x for s in sets for x in ("--set", s)]) == 0
+    body = s3.client().get_object(Bucket="evalout", Key="nightly/history.jsonl")["Body"].read().decode()
+    assert [json.loads(line)["run_id"] for line in body.splitlines()] == ["old", "s1"]
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket="evalout", Prefix="nightly/s1/")["Contents"]}
+    for k in ("summary.json", "report.md", "utterances.parquet", "plots/wer_per_split.png", "plots/wer_trend.png"):
+        assert f"nightly/s1/{k}" in keys
+    png = s3.client().get_object(Bucket="evalout", Key="nightly/s1/plots/wer_trend.png")["Body"].read()
+    assert_nontrivial_png(png)
+    summary = json.loads(s3.client().get_object(Bucket="evalout", Key="nightly/s1/summary.json")["Body"].read())
+    assert list(summary["splits"]) == ["test-clean"] and summary["splits"]["test-clean"]["n_utts"] == 1
+    assert s3.secret not in json.dumps(summary)
