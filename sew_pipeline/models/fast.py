@@ -249,11 +249,15 @@ class FastSEW(nn.Module):
         frame_mask = None if attention_mask is None else sew.frame_mask(attention_mask, T)
         if frame_mask is not None and bool(frame_mask.all()):
             frame_mask = None  # nothing padded: skip the masking work (and sdpa's mask path)
-        squeezed = None
+        squeezed = kept = None
         s = self.config.squeeze_factor
         if frame_mask is not None:
             x = x * frame_mask[..., None].to(x.dtype)
-            squeezed = F.max_pool1d(frame_mask[:, None].float(), s, s)[:, 0].bool()
+            # Only complete squeeze windows are real, and frames past the last one come out as zeros: exactly
+            # what the item gives when run alone (the reference's max-pool rule lets a padded batch differ).
+            whole = torch.div(frame_mask.sum(-1), s, rounding_mode="floor")
+            squeezed = torch.arange(T // s, device=x.device)[None, :] < whole[:, None]
+            kept = (torch.arange(T, device=x.device)[None, :] < (whole * s)[:, None])[..., None]
         xt = x.transpose(1, 2)
         pos, pooled = self._positions(xt), F.avg_pool1d(xt, s, s)
         n = min(pos.shape[-1], pooled.shape[-1])
@@ -264,6 +268,8 @@ class FastSEW(nn.Module):
         x = self._upsample(x)
         if x.shape[1] < T:
             x = F.pad(x, (0, 0, 0, T - x.shape[1]))
+        if kept is not None:
+            x = x * kept.to(x.dtype)
         return x, frame_mask
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HeadOutput:

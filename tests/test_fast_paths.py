@@ -1,0 +1,155 @@
+"""Fast inference paths (models/fast.py, models/batching.py): exactness of fp32, bf16/int8 gates, grouping."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from sew_pipeline import metrics
+from sew_pipeline.models import CTCTokenizer, FeatureExtractor, SEWConfig, SEWForCTC, SEWForSequenceClassification
+from sew_pipeline.models.batching import (fixed_groups, grouped_forward, librispeech_like_durations, padded_fraction,
+                                          plan_length_groups)
+from sew_pipeline.models.fast import prepare_for_inference
+
+TINY = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12, vocab_size=32)
+SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, vocab_size=32,
+             conv_dim=(32,) * 13, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+ASSETS = Path(__file__).resolve().parents[1] / "sew_pipeline" / "assets"
+DEMO_MODEL, DEMO_CORPUS = ASSETS / "models" / "demo-ctc", ASSETS / "demo_corpus" / "manifest.jsonl"
+
+
+def model(cls=SEWForCTC, **config) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return cls(SEWConfig(**config)).eval()
+
+
+def waves(lengths: list[int], seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g) for n in lengths]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return model(**TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_input():
+    return torch.stack(waves([48000, 48000]))
+
+
+@torch.inference_mode()
+def test_fp32_fast_path_matches_the_reference(tiny, tiny_input):
+    ref = tiny(tiny_input).logits
+    fast = prepare_for_inference(tiny, "fp32")(tiny_input).logits
+    assert fast.shape == ref.shape and fast.dtype == torch.float32
+    assert (fast - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@torch.inference_mode()
+def test_low_precision_logits_cosine_vs_fp32(tiny, tiny_input, precision):
+    ref = tiny(tiny_input).logits
+    fast = prepare_for_inference(tiny, precision)
+    if precision == "bf16":
+        assert fast.layers[0].qkv.weight.dtype == torch.bfloat16
+        assert fast.layers[0].layer_norm.weight.dtype == torch.float32  # norms stay fp32
+    out = fast(tiny_input).logits
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert cosine(out, ref) >= 0.999
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@torch.inference_mode()
+def test_classifier_fast_path(precision):
+    ref_model = model(SEWForSequenceClassification, **SMALL, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    x = torch.stack(waves([16000, 16000]))
+    ref = ref_model(x).logits
+    out = prepare_for_inference(ref_model, precision)(x).logits
+    if precision == "fp32":
+        assert (out - ref).abs().max().item() <= 1e-4
+    else:
+        assert cosine(out, ref) >= 0.999
+
+
+@pytest.mark.parametrize("feat_extract_norm", ["group", "layer"])
+@torch.inference_mode()
+def test_grouped_batches_give_each_item_its_alone_logits(feat_extract_norm):
+    """Length-aware GroupNorm + whole-window squeeze mask: padding never changes an item's logits."""
+    ref_model = model(**SMALL, feat_extract_norm=feat_extract_norm)
+    fast = prepare_for_inference(ref_model, "fp32")
+    items = waves([16000, 15700, 12000, 11999, 9000, 8321, 4000, 23999])  # odd and even frame counts
+    out = grouped_forward(fast, items, batch_size=4)
+    for item, logits in zip(items, out.logits):
+        alone = ref_model(item[None]).logits[0]
+        assert logits.shape == alone.shape
+        assert (logits - alone).abs().max().item() <= 1e-4
+
+
+def test_duration_grouping_keeps_padding_under_ten_percent():
+    lengths = [int(d * 16000) for d in librispeech_like_durations(400, seed=3)]
+    grouped = plan_length_groups(lengths, batch_size=8)
+    assert sorted(i for g in grouped for i in g) == list(range(400)) and max(map(len, grouped)) == 8
+    assert padded_fraction(lengths, grouped) <= 0.10
+    assert padded_fraction(lengths, fixed_groups(400, 8)) >= 0.25  # the waste grouping removes
+
+
+def test_groups_respect_the_padded_sample_bound():
+    lengths = [int(d * 16000) for d in librispeech_like_durations(200, seed=4)]
+    bound = 60 * 16000
+    for g in plan_length_groups(lengths, max_batch_samples=bound):
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= bound
+
+
+def test_bad_options_are_rejected(tiny):
+    with pytest.raises(ValueError, match="precision"):
+        prepare_for_inference(tiny, "fp16")
+    with pytest.raises(ValueError, match="CPU"):
+        prepare_for_inference(tiny, "int8", device="meta")
+
+
+def test_the_original_model_is_untouched():
+    ref_model = model(**SMALL)
+    before = {k: v.clone() for k, v in ref_model.state_dict().items()}
+    prepare_for_inference(ref_model, "bf16")
+    prepare_for_inference(ref_model, "int8")
+    after = ref_model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+# ------------------------------------------------------------------ transcript gate on the shipped demo model
+def _demo_items() -> tuple[list[np.ndarray], list[str]]:
+    rows = [json.loads(line) for line in DEMO_CORPUS.read_text().splitlines() if line.strip()]
+    audio = [sf.read(DEMO_CORPUS.parent / r["audio_filepath"], dtype="float32")[0] for r in rows]
+    return audio, [r["text"] for r in rows]
+
+
+def _wer(refs: list[str], hyps: list[str]) -> float:
+    counts = metrics.word_counts([metrics.normalize_minimal(r) for r in refs],
+                                 [metrics.normalize_minimal(h) for h in hyps])
+    return sum(c.substitutions + c.deletions + c.insertions for c in counts) / sum(c.ref_len for c in counts)
+
+
+@pytest.mark.skipif(not (DEMO_MODEL.is_dir() and DEMO_CORPUS.is_file()),
+                    reason=f"demo assets not built yet ({DEMO_MODEL}, {DEMO_CORPUS}): the bf16/int8 WER gate did NOT run")
+@torch.inference_mode()
+def test_bf16_and_int8_transcripts_match_fp32_on_demo_heldout():
+    ref_model = SEWForCTC.from_pretrained(DEMO_MODEL).eval()
+    fe, tok = FeatureExtractor.from_pretrained(DEMO_MODEL), CTCTokenizer.from_pretrained(DEMO_MODEL)
+    audio, refs = _demo_items()
+    normed = [fe([a])["input_values"][0] for a in audio]  # per-item normalisation, as the processor does
+    fp32 = [tok.decode(ref_model(x[None]).logits[0].argmax(-1)) for x in normed]  # one at a time: the reference
+    wer32 = _wer(refs, fp32)
+    for precision in ("bf16", "int8"):
+        out = grouped_forward(prepare_for_inference(ref_model, precision), normed, batch_size=8)
+        hyps = [tok.decode(logits.argmax(-1)) for logits in out.logits]
+        assert hyps == fp32 or abs(_wer(refs, hyps) - wer32) <= 0.005, (precision, wer32, _wer(refs, hyps))
