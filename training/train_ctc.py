@@ -21,6 +21,7 @@ from training.common import (WORK, Meter, UttSet, augment, collate, encode_text,
                              lr_at, param_count, save_state)
 
 SR = 16000
+COMMITTED = Path(__file__).resolve().parent / "state" / "ctc_resume.pt"
 
 
 def ctc_config() -> SEWConfig:
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> Path:
     model = SEWForCTC(ctc_config())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8)
     st = load_state(a.state) or {}
+    if not st and COMMITTED.exists():  # fresh machine: continue from the resume file committed to git
+        st = load_state(COMMITTED) or {}
+        log(f"no {a.state}; continuing from committed {COMMITTED}", logfile)
     step, epoch, pos, wall = st.get("step", 0), st.get("epoch", 0), st.get("pos", 0), st.get("wall_s", 0.0)
     sched_from, sched_total = st.get("sched_from", 0), st.get("sched_total", a.steps)
     sched_base = st.get("sched_base", a.lr)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> Path:
         if torch.isfinite(loss):
             opt.step()
         step += 1
-        meter.add(float(loss), float(m.sum()) / SR, gn)
+        meter.add(loss.item(), float(m.sum()) / SR, gn)
         if step % 50 == 0:
             log(f"ctc step {step}/{a.steps} ep {epoch} {meter.line()} lr {opt.param_groups[0]['lr']:.2e} "
                 f"trained {(wall + time.time() - t_start) / 60:.1f} min", logfile)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
         gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0))
         opt.step()
         step += 1
-        meter.add(float(loss), len(waves) * CLIP / SR, gn)
+        meter.add(loss.item(), len(waves) * CLIP / SR, gn)
         if step % 50 == 0:
             log(f"kws step {step}/{a.steps} {meter.line()} lr {opt.param_groups[0]['lr']:.2e}", logfile)
             meter.reset()

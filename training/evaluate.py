@@ -1,0 +1,154 @@
+"""Measure exported demo models the way they are shipped (our FeatureExtractor + CTCTokenizer, greedy decoding).
+
+- CTC: held-out synthetic set (unseen voices AND unseen sentences), the same audio through an 8 kHz mu-law
+  round trip, the diagnostic set (unseen sentences, training voices), and the real LibriSpeech fixtures.
+- KWS: held-out synthetic words (unseen voices, unseen _unknown_ words) + held-out generated noise, and the
+  real Speech Commands clips (yes / no / noise / silence).
+Run: python -m training.evaluate [--ctc DIR] [--kws DIR]   (writes training/work/results_*.json)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from sew_pipeline.models import CTCTokenizer, FeatureExtractor, SEWForCTC, SEWForSequenceClassification
+from training.common import WORK, UttSet
+from training.train_ctc import error_rates
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRI = REPO / "tests" / "data" / "LibriSpeech"
+SPEECH_COMMANDS = REPO / "tests" / "data" / "speech_commands"
+ASSETS = REPO / "sew_pipeline" / "assets" / "models"
+
+
+def telephone_mulaw(y: np.ndarray) -> np.ndarray:
+    """16 kHz -> 8 kHz mu-law WAV bytes -> decoded -> back to 16 kHz (what a stored telephone copy goes through)."""
+    buf = io.BytesIO()
+    sf.write(buf, soxr.resample(y, 16000, 8000), 8000, format="WAV", subtype="ULAW")
+    z, sr = sf.read(io.BytesIO(buf.getvalue()), dtype="float32")
+    return soxr.resample(z, sr, 16000).astype(np.float32)
+
+
+@torch.no_grad()
+def ctc_transcribe(model_dir: Path, waves: list[np.ndarray]) -> list[str]:
+    """One utterance at a time (as the pipeline sees short items): no padding effects in the numbers."""
+    model = SEWForCTC.from_pretrained(model_dir)
+    fe, tok = FeatureExtractor.from_pretrained(model_dir), CTCTokenizer.from_pretrained(model_dir)
+    out = []
+    for w in waves:
+        b = fe([w])
+        out.append(tok.batch_decode(model(b["input_values"], attention_mask=b["attention_mask"]).logits)[0])
+    return out
+
+
+def librispeech() -> tuple[list[str], list[np.ndarray], list[str]]:
+    ids, waves, refs = [], [], []
+    for trans in sorted(LIBRI.rglob("*.trans.txt")):
+        for line in trans.read_text().splitlines():
+            uid, text = line.split(" ", 1)
+            f = trans.parent / f"{uid}.flac"
+            if f.exists():
+                y, sr = sf.read(f, dtype="float32")
+                ids.append(uid)
+                waves.append(y if sr == 16000 else soxr.resample(y, sr, 16000))
+                refs.append(text)
+    return ids, waves, refs
+
+
+def eval_ctc(model_dir: Path) -> dict:
+    t0 = time.time()
+    res: dict = {"model": str(model_dir)}
+    held = UttSet("ctc_heldout")
+    waves = [held.audio(i) for i in range(len(held))]
+    refs = [r["text"] for r in held.rows]
+    hyps = ctc_transcribe(model_dir, waves)
+    res["heldout"] = dict(zip(("cer", "wer"), error_rates(refs, hyps)), n=len(refs),
+                          hours=sum(w.size for w in waves) / 16000 / 3600)
+    by_voice = defaultdict(lambda: ([], []))
+    for r, h, row in zip(refs, hyps, held.rows):
+        by_voice[row["voice"]][0].append(r)
+        by_voice[row["voice"]][1].append(h)
+    res["heldout_by_voice"] = {v: dict(zip(("cer", "wer"), error_rates(*rh))) for v, rh in sorted(by_voice.items())}
+    res["heldout_examples"] = [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:8]]
+    hyps8 = ctc_transcribe(model_dir, [telephone_mulaw(w) for w in waves])
+    res["heldout_8k_mulaw"] = dict(zip(("cer", "wer"), error_rates(refs, hyps8)))
+    dev = UttSet("ctc_dev_seenvoice")
+    dh = ctc_transcribe(model_dir, [dev.audio(i) for i in range(len(dev))])
+    res["dev_seenvoice"] = dict(zip(("cer", "wer"), error_rates([r["text"] for r in dev.rows], dh)), n=len(dev))
+    ids, lw, lr = librispeech()
+    lh = ctc_transcribe(model_dir, lw)
+    res["librispeech_fixtures"] = dict(zip(("cer", "wer"), error_rates(lr, lh)), n=len(ids),
+                                       items=[{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, lr, lh)])
+    res["eval_wall_s"] = round(time.time() - t0, 1)
+    return res
+
+
+@torch.no_grad()
+def eval_kws(model_dir: Path) -> dict:
+    from training.train_kws import eval_set  # local: keeps the CTC-only path light
+
+    model = SEWForSequenceClassification.from_pretrained(model_dir)
+    fe = FeatureExtractor.from_pretrained(model_dir)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+    def classify(waves: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for i in range(0, len(waves), 64):
+            b = fe(waves[i: i + 64])
+            out.append(model(b["input_values"], attention_mask=b["attention_mask"]).logits.softmax(-1).numpy())
+        return np.concatenate(out)
+
+    held = UttSet("kws_heldout")
+    waves, y = eval_set(held, np.load(WORK / "noise" / "noise_heldout.npy"))
+    pred = classify(waves).argmax(-1)
+    y = np.array(y)
+    res: dict = {"model": str(model_dir), "heldout_accuracy": float(np.mean(pred == y)), "heldout_n": int(y.size),
+                 "heldout_per_label": {labels[k]: float(np.mean(pred[y == k] == k)) for k in range(len(labels))
+                                       if np.any(y == k)}}
+    # Same words with background noise at 10-20 dB SNR (held-out noise clips): robustness figure.
+    rng = np.random.default_rng(5)
+    noise = np.load(WORK / "noise" / "noise_heldout.npy")
+    noisy = []
+    for w in waves[: len(held)]:
+        n = noise[rng.integers(len(noise))]
+        g = np.sqrt((np.mean(w ** 2) + 1e-10) / (np.mean(n ** 2) + 1e-10) / 10 ** (rng.uniform(10, 20) / 10))
+        noisy.append(np.clip(w + g * n, -1, 1).astype(np.float32))
+    res["heldout_noisy_10_20db_accuracy"] = float(np.mean(classify(noisy).argmax(-1) == y[: len(held)]))
+    real = {}
+    for f in sorted(SPEECH_COMMANDS.glob("*.wav")):
+        w, sr = sf.read(f, dtype="float32")
+        p = classify([w])[0]
+        real[f.name] = {"pred": labels[int(p.argmax())], "p": round(float(p.max()), 3)}
+    res["real_speech_commands"] = real
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ctc", type=Path, default=None)
+    ap.add_argument("--kws", type=Path, default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    out = {}
+    if a.kws:
+        out["kws"] = eval_kws(a.kws)
+        (WORK / "results_kws.json").write_text(json.dumps(out["kws"], indent=1))
+    if a.ctc:
+        out["ctc"] = eval_ctc(a.ctc)
+        (WORK / "results_ctc.json").write_text(json.dumps(out["ctc"], indent=1))
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("heldout_by_voice", "heldout_examples")}
+                      for k, v in out.items()}, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
