@@ -224,3 +224,9 @@ def vocabulary() -> set[str]:
                  "wanted tried forgot had decided began to and but because so while when although that where why "
                  "how did there".split())
     return words
+
+
+def emitted_words() -> set[str]:
+    """Every word `Grammar.sentence` can produce. (`vocabulary()` above omits a few determiners; it is kept
+    unchanged because the synthesized KWS _unknown_ word split depends on it.)"""
+    return vocabulary() | {w for d in PLURAL_DETS for w in d.split()}

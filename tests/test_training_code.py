@@ -1,0 +1,88 @@
+"""Fast checks of the demo-model training code (no espeak-ng, no synthesized data, tiny shapes)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sew_pipeline.models import CTCTokenizer, SEWConfig, SEWForCTC
+from training.common import VOCAB, augment, collate, encode_text, greedy_decode, load_state, lr_at, save_state, ulaw
+from training.grammar import Grammar, emitted_words
+from training.synth import KEYWORDS, KWS_EXCLUDE, split_voices
+from training.train_ctc import make_batches
+
+
+def test_grammar_is_deterministic_and_in_vocabulary():
+    a = [Grammar(random.Random(3)).sentence() for _ in range(1)]
+    b = [Grammar(random.Random(3)).sentence() for _ in range(1)]
+    assert a == b
+    g, vocab = Grammar(random.Random(0)), emitted_words()
+    words = {w for _ in range(500) for w in g.sentence().split()}
+    assert words <= vocab, words - vocab
+    assert all(ch in VOCAB or ch == " " for w in words for ch in w.upper())
+
+
+def test_voice_split_is_disjoint_and_keeps_every_accent_and_variant_in_training():
+    train, held = split_voices()
+    assert not set(train) & set(held) and len(held) == 16
+    assert {v.split("+")[0] for v in held} <= {v.split("+")[0] for v in train}
+    assert {v.split("+")[1] for v in held} <= {v.split("+")[1] for v in train if "+" in v}
+    assert set(KEYWORDS) <= KWS_EXCLUDE
+
+
+def test_text_roundtrip_matches_shipped_tokenizer_rule():
+    ids = encode_text("it's a dog")
+    frames = np.array([0] + [x for i in ids for x in (i, i, 0)])  # repeats + blanks between
+    assert greedy_decode(frames) == "IT'S A DOG"
+    assert CTCTokenizer(VOCAB).decode(frames.tolist()) == "IT'S A DOG"
+
+
+def test_batches_cover_everything_once_and_respect_budget():
+    lengths = np.random.default_rng(0).integers(8000, 80000, 500)
+    batches = make_batches(lengths, 64 * 16000, seed=1)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(500))
+    assert all(lengths[b].max() * len(b) <= 64 * 16000 or len(b) == 1 for b in batches)
+
+
+def test_augment_and_ulaw_keep_shape_and_range():
+    rng = np.random.default_rng(0)
+    y = (0.3 * np.sin(np.arange(16000) / 10)).astype(np.float32)
+    noise = rng.standard_normal((3, 48000)).astype(np.float32)
+    for _ in range(20):
+        z = augment(y, rng, noise, p_noise=1.0, p_tel=0.5)
+        assert z.shape == y.shape and z.dtype == np.float32 and np.abs(z).max() <= 1.0
+    assert np.abs(ulaw(y) - y).max() < 0.02
+    assert lr_at(0, 1.0, 10, 100) == 0.1 and abs(lr_at(100, 1.0, 10, 100) - 0.05) < 1e-9
+
+
+def test_tiny_ctc_steps_and_resume_file(tmp_path: Path):
+    torch.manual_seed(0)
+    cfg = SEWConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    conv_dim=(8, 8, 8, 8, 8, 8, 8), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                    conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                    mask_time_prob=0.0, layerdrop=0.0, ctc_zero_infinity=True)
+    model = SEWForCTC(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x, m = collate([rng.standard_normal(n).astype(np.float32) for n in (16000, 12000)])
+    labs = [encode_text("ab"), encode_text("c d")]
+    y = torch.full((2, 3), -100, dtype=torch.long)
+    for k, t in enumerate(labs):
+        y[k, : len(t)] = torch.tensor(t)
+    losses = []
+    for _ in range(3):
+        loss = model(x, attention_mask=m, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    save_state(tmp_path / "s.pt", model=model.state_dict(), opt=opt.state_dict(), step=3)
+    st = load_state(tmp_path / "s.pt")
+    fresh = SEWForCTC(cfg)
+    fresh.load_state_dict(st["model"])
+    torch.optim.AdamW(fresh.parameters(), lr=1e-3).load_state_dict(st["opt"])
+    assert st["step"] == 3 and not (tmp_path / "s.tmp").exists()
