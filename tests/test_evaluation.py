@@ -4,7 +4,8 @@ The stand-in writes the pipeline's output schema from the transcripts, altered o
 so expected WERs are computed here with jiwer from the fixture's own trans.txt files.
 """
 import json
-import random
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,3 +267,38 @@ def test_real_pipeline_s3_root_output_and_history(ray_session, s3_server, tiny_c
     summary = json.loads(s3.client().get_object(Bucket="evalout", Key="nightly/s1/summary.json")["Body"].read())
     assert list(summary["splits"]) == ["test-clean"] and summary["splits"]["test-clean"]["n_utts"] == 1
     assert s3.secret not in json.dumps(summary)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_nightly_gate(ray_head_cluster, tmp_path, tiny_ctc_dir):
+    cluster = ray_head_cluster
+    ray_bin = str(Path(cluster.env["PATH"].split(":")[0]) / "ray")
+    repo = Path(__file__).resolve().parents[1]
+    history = tmp_path / "history.jsonl"
+
+    def submit(sub_id, *sets):
+        cmd = [ray_bin, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", sub_id,
+               "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": [
+                   ".git", ".venv", "data", "outputs", "training/work", "**/__pycache__", ".pytest_cache"]}),
+               "--", "python", "jobs/evaluate_librispeech.py", "--config", "configs/nightly_librispeech.yaml",
+               "--set", f"librispeech_root={LIBRISPEECH_ROOT}", "--set", f"output={tmp_path}/{{run_id}}",
+               "--set", f"history={history}", "--set", f"model={tiny_ctc_dir}", "--set", "splits=[test-clean]",
+               *[x for s in PIPELINE_SETS + list(sets) for x in ("--set", s)]]
+        for _ in range(30):  # right after `ray start` the job agent may not be up yet
+            proc = subprocess.run(cmd, cwd=repo, env=cluster.env, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in proc.stderr:
+                break
+            time.sleep(2)
+        (tmp_path / f"{sub_id}.log").write_text(proc.stdout + "\n=====STDERR\n" + proc.stderr)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, log = submit(f"eval-ok-{tmp_path.name}", "run_id=j1")
+    assert rc == 0 and "SUCCEEDED" in log and "gate passed" in log, log[-4000:]
+    assert (tmp_path / "j1" / "report.md").is_file()
+
+    with open(history, "a") as f:  # pretend the previous night was far better
+        f.write(json.dumps({"run_id": "great", "timestamp": "t", "splits": {"test-clean": {"wer": 0.01}}}) + "\n")
+    rc, log = submit(f"eval-bad-{tmp_path.name}", "run_id=j2")
+    assert rc != 0 and "FAILED" in log, log[-4000:]
+    assert "test-clean: WER" in log and "previous run great WER 0.0100" in log
+    assert [json.loads(x)["run_id"] for x in history.read_text().splitlines()] == ["j1", "great", "j2"]

@@ -137,3 +137,12 @@ def test_whisper_can_be_disabled():
     scored = metrics.score_frame(_frame(PAIRS[:1]), whisper=False)
     assert "wer_whisper" not in scored.columns
     assert "wer_whisper" not in metrics.corpus_scores(scored)
+
+
+def test_score_batch_as_a_ray_data_stage(ray_session):
+    import ray
+    df = _frame(PAIRS, split="dev-clean")
+    want = metrics.score_frame(df).set_index("id")["wer"]
+    for fmt in ("pandas", "pyarrow"):
+        out = ray.data.from_pandas(df).map_batches(metrics.score_batch, batch_format=fmt, batch_size=2).to_pandas()
+        assert out.set_index("id")["wer"].sort_index().tolist() == want.sort_index().tolist()
