@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from sew_pipeline import metrics, reports, storage
 from sew_pipeline.config import ConfigError, PipelineConfig, TranscribeConfig, opt, parse_args
+from sew_pipeline.errors import redact
 from sew_pipeline.manifests import read_manifest
 from sew_pipeline.results import read_results
 
@@ -182,7 +183,7 @@ def build_summary(cfg: EvalConfig, run_id: str, scored: pd.DataFrame, perf: Mapp
     return {
         "run_id": run_id,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": cfg.model,
+        "model": redact(cfg.model),
         "checkpoint_sha256": str(sha.iloc[0]) if len(sha) else None,
         "normalization": {"wer": "minimal", "wer_whisper": "whisper" if cfg.whisper_normalization else None},
         "splits": {s: {**v, **perf.get(s, {})} for s, v in by_split.items()},
