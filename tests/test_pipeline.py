@@ -17,7 +17,7 @@ import soundfile as sf
 
 from sew_pipeline.config import LabelConfig, TranscribeConfig, load_config
 from sew_pipeline.results import read_results
-from tests.support.ray_cluster import _ray_pids, _stop, HeadCluster
+from tests.support.ray_cluster import HeadCluster, _stop
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRI = REPO / "tests/data/LibriSpeech"
@@ -99,8 +99,8 @@ def _many_items(tmp_path, n=24) -> Path:
 def test_resume_after_kill_gives_exactly_one_row_per_id(ray_session, tmp_path, tiny_ctc_dir):
     manifest, out = _many_items(tmp_path), tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    marker = f"sew_resume_{os.getpid()}"
-    env.update(SEW_TEST_CLUSTER=marker, RAY_USAGE_STATS_ENABLED="0")
+    ray_tmp = Path(f"/tmp/sew_resume_{os.getpid()}")  # the job's own local Ray lives here
+    env.update(SEW_TEST_CLUSTER=ray_tmp.name, RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0")
     cmd = [sys.executable, "jobs/transcribe_corpus.py", "--set", f"manifest={manifest}", "--set", f"output={out}",
            "--set", f"model={tiny_ctc_dir}", "--set", "decode.batch_rows=1", "--set", "inference.batch_rows=1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -112,7 +112,7 @@ def test_resume_after_kill_gives_exactly_one_row_per_id(ray_session, tmp_path, t
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-        _stop(HeadCluster("", "", {}, Path(marker)))
+        _stop(HeadCluster("", "", {}, ray_tmp))  # that Ray's processes only; removes ray_tmp
     first = sorted(out.glob("*.parquet"))
     assert first, "the job wrote nothing before it was killed"
     (out / "part-crashed-000000-0.parquet").write_bytes(b"PAR1 half a file")  # a write cut short

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,19 +45,33 @@ class HeadCluster:
 
 
 def _ray_pids(temp_dir: Path) -> list[int]:
-    """Processes of this cluster only: their command line names its temp dir / session."""
+    """Processes of this cluster only: those that inherited SEW_TEST_CLUSTER=<its name>, or (Ray's
+    setproctitle clobbers /proc/<pid>/environ) hold a file open under its own temp dir. Command
+    lines are not matched: a shell that merely mentions the path is not ours to kill."""
+    marker = f"SEW_TEST_CLUSTER={temp_dir.name}".encode()
+    prefix = str(temp_dir) + "/"
     pids = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (proc / "environ").read_bytes()
+            if marker in (proc / "environ").read_bytes().split(b"\0") or _holds_file_under(proc, prefix):
+                pids.append(int(proc.name))
         except OSError:
             continue
-        if str(temp_dir) in cmd or f"SEW_TEST_CLUSTER={temp_dir.name}".encode() in environ:
-            pids.append(int(proc.name))
     return pids
+
+
+def _holds_file_under(proc: Path, prefix: str) -> bool:
+    if not prefix.startswith("/tmp/"):
+        return False
+    for fd in (proc / "fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +107,5 @@ def _stop(cluster: HeadCluster) -> None:
         deadline = time.time() + 10
         while pids and time.time() < deadline and _ray_pids(cluster.temp_dir):
             time.sleep(0.5)
+    if cluster.temp_dir.is_absolute():
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
