@@ -128,18 +128,19 @@ class _ReferenceLayer(nn.Module):
 # feature encoder with a length-aware first-layer GroupNorm
 # ---------------------------------------------------------------------------------------------------------------
 def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Per-channel GroupNorm (num_groups == channels) over each row's first `lengths` steps, in fp32."""
-    dtype = x.dtype
-    if lengths is None:
-        return F.group_norm(x.float(), norm.num_groups, norm.weight, norm.bias, norm.eps).to(dtype)
+    """Per-channel GroupNorm (num_groups == channels) of channels-last [B, T, C] over each row's first
+    `lengths` steps (all steps when None), computed in fp32."""
     xf = x.float()
-    valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None])[:, None, :]  # [B, 1, S]
-    n = lengths.clamp(min=1).to(torch.float32)[:, None, None]
-    mean = xf.masked_fill(~valid, 0.0).sum(-1, keepdim=True) / n
-    centred = xf - mean
-    var = centred.masked_fill(~valid, 0.0).square().sum(-1, keepdim=True) / n
-    y = centred * torch.rsqrt(var + norm.eps) * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return y.to(dtype)
+    if lengths is None:  # mean, centre, norm: two cheap passes (var_mean over dim 1 is ~2x slower here)
+        centred = xf - xf.mean(1, keepdim=True)
+        var = torch.linalg.vector_norm(centred, dim=1, keepdim=True).square() / x.shape[1]
+    else:
+        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
+        n = lengths.clamp(min=1).to(torch.float32)[:, None, None]
+        centred = xf - xf.masked_fill(~valid, 0.0).sum(1, keepdim=True) / n
+        var = torch.linalg.vector_norm(centred.masked_fill(~valid, 0.0), dim=1, keepdim=True).square() / n
+    scale = torch.rsqrt(var + norm.eps) * norm.weight                 # [B, 1, C]
+    return torch.addcmul(norm.bias, centred, scale).to(x.dtype)
 
 
 class ConvAsLinear(nn.Module):
@@ -166,32 +167,28 @@ class ConvAsLinear(nn.Module):
 
 
 class FastFeatureEncoder(nn.Module):
-    """Raw samples -> [B, T, C] frames: first conv (+ norm) as a Conv1d, the rest as channels-last GEMMs."""
+    """Raw samples -> [B, T, C] frames, every conv a channels-last GEMM (norms in fp32)."""
 
     def __init__(self, encoder: FeatureEncoder):
         super().__init__()
-        first, rest = encoder.conv_layers[0], encoder.conv_layers[1:]
-        self.first = first
-        self.norms = nn.ModuleList(l.layer_norm if l.norm_kind == "layer" else nn.Identity() for l in rest)
-        self.acts = nn.ModuleList(l.activation for l in rest)
-        self.convs = nn.ModuleList(ConvAsLinear(l.conv, None if l.norm_kind else l.activation) for l in rest)
-        self.kernels = [(l.conv.kernel_size[0], l.conv.stride[0]) for l in encoder.conv_layers]
+        layers = encoder.conv_layers
+        for l in layers:
+            if l.norm_kind == "group" and l.layer_norm.num_groups != l.layer_norm.num_channels:
+                raise ValueError("fast path expects a per-channel GroupNorm (num_groups == channels)")
+        self.norms = nn.ModuleList(l.layer_norm if l.norm_kind else nn.Identity() for l in layers)
+        self.acts = nn.ModuleList(l.activation for l in layers)
+        self.convs = nn.ModuleList(ConvAsLinear(l.conv, None if l.norm_kind else l.activation) for l in layers)
+        self.kernels = [(l.conv.kernel_size[0], l.conv.stride[0]) for l in layers]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        first = self.first
-        x = first.conv(x[:, None])                                  # [B, C, T0]
-        if lengths is not None:
-            k, s = self.kernels[0]
-            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-        if first.norm_kind == "group":
-            x = masked_group_norm(first.layer_norm, x, lengths)
-        x = x.transpose(1, 2)
-        if first.norm_kind == "layer":
-            x = _norm(first.layer_norm, x)
-        x = first.activation(x).contiguous()                       # [B, T0, C] channels-last from here on
-        for conv, norm, act in zip(self.convs, self.norms, self.acts):
+        x = x[:, :, None]                                            # [B, S, 1]: samples are channels-last too
+        for conv, norm, act, (k, s) in zip(self.convs, self.norms, self.acts, self.kernels):
             x = conv(x)
-            if isinstance(norm, nn.LayerNorm):
+            if lengths is not None:
+                lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+            if isinstance(norm, nn.GroupNorm):
+                x = act(masked_group_norm(norm, x, lengths))
+            elif isinstance(norm, nn.LayerNorm):
                 x = act(_norm(norm, x))
         return x
 
