@@ -252,6 +252,8 @@ class InferenceConfig:
     num_actors: int = opt(1, "fixed number of model actors (each loads the model once)")
     cpus_per_actor: float = opt(1.0, "CPUs per actor on CPU clusters; torch uses this many threads")
     use_gpu: Literal["auto", "yes", "no"] = opt("auto", "one GPU per actor: auto = when the cluster has GPUs")
+    precision: Literal["reference", "fp32", "bf16", "int8"] = opt(
+        "fp32", "reference = plain model; fp32/bf16/int8 = models.fast inference path (fused kernels)")
     batch_rows: int = opt(64, "chunk rows handed to an actor per call (grouped by duration inside)")
     max_batch_audio_s: float = opt(160.0, "bound on padded audio seconds per forward pass")
     max_padding_fraction: float = opt(0.08, "a forward pass never pads more than this fraction of frames")
