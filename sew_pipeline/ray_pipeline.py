@@ -86,6 +86,7 @@ def run(cfg: PipelineConfig) -> JobResult:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log.info("run %s config %s", run_id, redacted_dict(cfg))
 
+    _check_model(cfg, options)
     manifest = _load_manifest(cfg, options)
     skipped = 0
     if cfg.resume:
@@ -111,6 +112,15 @@ def _write_path(store: ResultStore) -> str:
     if store.is_local:
         store.fs.makedirs(store.root, exist_ok=True)
     return store.root
+
+
+def _check_model(cfg: PipelineConfig, options: dict) -> None:
+    """Fail on the driver, before any actor starts, when the model cannot be found."""
+    from sew_pipeline.models import registry
+    from sew_pipeline.predictors import model_config
+    if not model_config(cfg, options):
+        raise ValueError(f"model {redact(cfg.model)!r}: no config.json at {redact(registry.resolve_model(cfg.model))} "
+                         f"(shipped models: {', '.join(registry.shipped_models()) or 'none installed'})")
 
 
 def _load_manifest(cfg: PipelineConfig, options: dict) -> pa.Table:

@@ -41,7 +41,7 @@ def _cfg(cls, *sets):
     return load_config(cls, None, list(sets))
 
 
-def test_s3_corpus_to_s3_parquet_every_row_exactly_once(ray_session, s3_server, tiny_ctc_dir):
+def test_s3_corpus_to_s3_parquet_every_row_exactly_once(ray_session, s3_server, tiny_ctc_dir, capfd):
     s3 = s3_server
     s3.upload_dir(LIBRI, "corpus", "LibriSpeech")
     s3.put("corpus", "gen/long.flac", _wav_bytes(17.5, fmt="FLAC", seed=1))
@@ -74,6 +74,8 @@ def test_s3_corpus_to_s3_parquet_every_row_exactly_once(ray_session, s3_server, 
     assert rows["empty"]["error_type"] == "empty"
     assert rows["phone"]["audio_uri"] == "s3://corpus/gen/phone.wav"
     assert s3.secret not in json.dumps(table.to_pylist(), default=str)
+    logs = capfd.readouterr()
+    assert s3.secret not in logs.out + logs.err
     summary = result.summary
     assert summary["rows_ok"] == len(libri) + 3 and summary["ids_not_written"] == 0
     assert summary["errors_by_type"]["missing"] == 1 and summary["errors_by_type"]["empty"] == 1
@@ -125,6 +127,14 @@ def test_resume_after_kill_gives_exactly_one_row_per_id(ray_session, tmp_path, t
     assert (out / "part-crashed-000000-0.parquet.incomplete").exists()
     assert result.summary["skipped_already_done"] + result.summary["ids_written"] == 24
     print(f"killed after {len(first)} file(s); resumed {result.summary['ids_written']} ids")
+
+
+def test_unknown_model_fails_before_any_work(ray_session, tmp_path):
+    from sew_pipeline import ray_pipeline
+    cfg = _cfg(TranscribeConfig, f"manifest={LIBRI}", f"output={tmp_path / 'o'}", "model=no-such-model")
+    with pytest.raises(ValueError, match="no-such-model.*no config.json"):
+        ray_pipeline.transcribe(cfg)
+    assert not (tmp_path / "o").exists()
 
 
 def test_label_archive_stereo_ulaw_call(ray_session, tmp_path, tiny_kws_dir):
