@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--save-every-s", type=float, default=300.0)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (after saving) after this long; 0 = no limit")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     logfile = WORK / "train_ctc.log"
     train = UttSet("ctc_train")
