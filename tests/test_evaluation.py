@@ -284,21 +284,20 @@ def test_ray_job_submit_nightly_gate(ray_head_cluster, tmp_path, tiny_ctc_dir):
                "--set", f"librispeech_root={LIBRISPEECH_ROOT}", "--set", f"output={tmp_path}/{{run_id}}",
                "--set", f"history={history}", "--set", f"model={tiny_ctc_dir}", "--set", "splits=[test-clean]",
                *[x for s in PIPELINE_SETS + list(sets) for x in ("--set", s)]]
-        for _ in range(30):  # right after `ray start` the job agent may not be up yet
+        deadline = time.monotonic() + 90
+        while True:  # right after `ray start` the job agent may not be up yet
             proc = subprocess.run(cmd, cwd=repo, env=cluster.env, capture_output=True, text=True, timeout=400)
-            if "No available agent" not in proc.stderr:
-                break
-            time.sleep(2)
-        (tmp_path / f"{sub_id}.log").write_text(proc.stdout + "\n=====STDERR\n" + proc.stderr)
-        return proc.returncode, proc.stdout + proc.stderr
+            if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
+                return proc.returncode, proc.stdout + proc.stderr
+            time.sleep(3)
 
     rc, log = submit(f"eval-ok-{tmp_path.name}", "run_id=j1")
-    assert rc == 0 and "SUCCEEDED" in log and "gate passed" in log, log[-4000:]
+    assert rc == 0 and f"Job 'eval-ok-{tmp_path.name}' succeeded" in log and "gate passed" in log, log[-4000:]
     assert (tmp_path / "j1" / "report.md").is_file()
 
     with open(history, "a") as f:  # pretend the previous night was far better
         f.write(json.dumps({"run_id": "great", "timestamp": "t", "splits": {"test-clean": {"wer": 0.01}}}) + "\n")
     rc, log = submit(f"eval-bad-{tmp_path.name}", "run_id=j2")
-    assert rc != 0 and "FAILED" in log, log[-4000:]
+    assert rc != 0 and f"Job 'eval-bad-{tmp_path.name}' failed" in log, log[-4000:]
     assert "test-clean: WER" in log and "previous run great WER 0.0100" in log
     assert [json.loads(x)["run_id"] for x in history.read_text().splitlines()] == ["j1", "great", "j2"]
