@@ -11,7 +11,8 @@ wraps a prepared copy of the same weights and keeps their call contract (`model(
 * bf16: weights and activations in bf16 (oneDNN avx512-bf16/AMX on CPU, tensor cores on GPU); LayerNorm,
   GroupNorm and the attention softmax compute in fp32 (sdpa accumulates in fp32 internally); logits come back
   fp32.
-* int8: dynamic int8 quantisation of the Linear layers (CPU), activations quantised per call.
+* int8: dynamic int8 quantisation (per-channel weights) of the transformer layers' Linear modules (CPU);
+  activations are quantised per call, the upsampling and heads stay fp32.
 * With an attention_mask, the first-layer GroupNorm uses each row's valid samples only, so an item's output
   does not depend on how far its batch is padded (the reference normalises over the padding too). Without a
   mask the numbers follow the reference exactly (up to fusion rounding).
@@ -208,8 +209,9 @@ class FastSEW(nn.Module):
         self.features = FastFeatureEncoder(sew.feature_extractor)
         self.layers = nn.ModuleList(FastEncoderLayer(l) if fused else _ReferenceLayer(l) for l in sew.encoder.layers)
         up = sew.encoder.upsample
-        self.upsample = FusedLinear.from_linear(up.projection, up.activation) if fused else None
-        self.pos_weight = nn.Parameter(sew.encoder.pos_conv_embed.conv.weight.detach().clone(), requires_grad=False)
+        self.upsample = FusedLinear.from_linear(up.projection, up.activation)
+        weight = sew.encoder.pos_conv_embed.conv.weight.detach()[:, :, None]  # weight norm applied once
+        self.pos_weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
 
     def output_lengths(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
         return self.head.output_lengths(num_samples)
@@ -218,15 +220,18 @@ class FastSEW(nn.Module):
     def device(self) -> torch.device:
         return self.pos_weight.device
 
-    def _positions(self, x: torch.Tensor) -> torch.Tensor:  # [B, H, T] -> [B, H, T']
+    def _positions(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T', H]
+        # The [B, T, H] activations already are channels-last memory: as a 2-D conv over a height-1 image,
+        # oneDNN's channels-last grouped kernel runs this 128-tap conv ~2.5x faster than the NCW one, no copy.
         pos = self.head.sew.encoder.pos_conv_embed
         c = pos.conv
-        y = F.conv1d(x, self.pos_weight, c.bias, c.stride, c.padding, 1, c.groups)
-        return pos.activation(y[:, :, : -pos.trim] if pos.trim else y)
+        y = F.conv2d(x.transpose(1, 2)[:, :, None], self.pos_weight, c.bias, (1, c.stride), (0, c.padding), 1,
+                     c.groups)[:, :, 0]
+        return pos.activation((y[:, :, : -pos.trim] if pos.trim else y).transpose(1, 2))
 
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:  # [B, T', H] -> [B, T' * s, H]
         up = self.head.sew.encoder.upsample
-        y = self.upsample(x) if self.upsample is not None else up.activation(up.projection(x))
+        y = self.upsample(x)
         B, T, Hs = y.shape
         return y.reshape(B, T * up.squeeze, Hs // up.squeeze)
 
@@ -255,10 +260,11 @@ class FastSEW(nn.Module):
             whole = torch.div(frame_mask.sum(-1), s, rounding_mode="floor")
             squeezed = torch.arange(T // s, device=x.device)[None, :] < whole[:, None]
             kept = (torch.arange(T, device=x.device)[None, :] < (whole * s)[:, None])[..., None]
-        xt = x.transpose(1, 2)
-        pos, pooled = self._positions(xt), F.avg_pool1d(xt, s, s)
-        n = min(pos.shape[-1], pooled.shape[-1])
-        x = _norm(sew.encoder.layer_norm, (pooled[..., :n] + pos[..., :n]).transpose(1, 2))
+        B, _, H = x.shape
+        pooled = x[:, : T // s * s].reshape(B, T // s, s, H).mean(2)   # AvgPool1d(s, s) on [B, T, H]
+        pos = self._positions(x)
+        n = min(pos.shape[1], pooled.shape[1])
+        x = _norm(sew.encoder.layer_norm, pooled[:, :n] + pos[:, :n])
         squeezed = None if squeezed is None else squeezed[:, :n]
         for layer in self.layers:
             x = layer(x, squeezed)
@@ -286,13 +292,18 @@ class FastSEW(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
-def _quantize_int8(module: nn.Module) -> nn.Module:
-    """Dynamic int8 Linear layers (torch.ao; torchao is its successor but is not a dependency here)."""
-    from torch.ao.quantization import quantize_dynamic
-    with warnings.catch_warnings():  # torch 2.13 flags quantized tensors as deprecated; still the in-tree path
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+def _quantize_int8(fast: FastSEW) -> None:
+    """Dynamic int8 (per-channel weights) for the transformer layers' Linear modules, 94 % of the FLOPs.
+
+    The upsampling projection and the CTC/classifier heads stay fp32: quantising them too costs more accuracy
+    (logit cosine 0.9990 vs 0.9996 on random sew-tiny weights) than the ~3 % of compute they hold saves.
+    torch.ao is deprecated in torch 2.13 in favour of torchao, which is not a dependency here.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
         warnings.simplefilter("ignore", DeprecationWarning)
-        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(fast.layers, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
 def _cast_bf16(model: FastSEW) -> None:
@@ -318,7 +329,7 @@ def prepare_for_inference(model: SEWForCTC | SEWForSequenceClassification, preci
         p.requires_grad_(False)
     fast = FastSEW(head, precision).eval()
     if precision == "int8":
-        _quantize_int8(head)
+        _quantize_int8(fast)
     elif precision == "bf16":
         _cast_bf16(fast)
     _drop_unused(fast)
@@ -331,6 +342,6 @@ def _drop_unused(fast: FastSEW) -> None:
     """Free the reference copies the fused modules replaced (the originals stay with the caller's model)."""
     enc = fast.head.sew.encoder
     fast.head.sew.feature_extractor = nn.Identity()
-    if fast.precision != "int8":
+    enc.upsample.projection = nn.Identity()
+    if fast.precision != "int8":  # int8 runs the (quantised) reference layers themselves
         enc.layers = nn.ModuleList()
-        enc.upsample.projection = nn.Identity()
