@@ -64,7 +64,8 @@ class FusedLinear(nn.Module):
         return cls(linear.weight, linear.bias, act)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        # Under torch.compile, plain ops: inductor fuses the epilogue itself (it cannot lower this op unfrozen).
+        if x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling():
             if residual is not None and self.spec[0] == "none":
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
             y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.spec[0], [], self.spec[1])
