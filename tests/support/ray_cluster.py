@@ -83,8 +83,13 @@ def ray_head_cluster(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
                SEW_TEST_CLUSTER=temp_dir.name, RAY_USAGE_STATS_ENABLED="0")
+    # Every fixed default port (agent 52365, client 10001, ...) would collide with other clusters on
+    # this machine (other sessions' Rays, the shared test Ray): give each one a free port.
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", *ports,
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats"]
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180,
                          start_new_session=True)
