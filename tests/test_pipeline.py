@@ -81,6 +81,13 @@ def test_s3_corpus_to_s3_parquet_every_row_exactly_once(ray_session, s3_server, 
     assert summary["errors_by_type"]["missing"] == 1 and summary["errors_by_type"]["empty"] == 1
     assert 0 <= summary["padded_frame_fraction"] < 0.10 and summary["audio_hours"] > 0
 
+    folder = ray_pipeline.transcribe(load_config(TranscribeConfig, None, [  # LibriSpeech layout on S3
+        "manifest=s3://corpus/LibriSpeech", "output=s3://results/libri-folder", f"model={tiny_ctc_dir}",
+        f"storage_options={opts}"]))
+    libri_rows = read_results("s3://results/libri-folder", s3.storage_options).to_pylist()
+    assert sorted(r["id"] for r in libri_rows) == sorted(Path(p).stem for p in libri)
+    assert folder.summary["rows_ok"] == len(libri)
+
     again = ray_pipeline.transcribe(cfg)  # resume: everything is already there
     assert again.summary["skipped_already_done"] == len(entries) and again.summary["ids_written"] == 0
     assert read_results("s3://results/transcripts", s3.storage_options).num_rows == len(entries)
