@@ -208,8 +208,12 @@ class _Predictor:
     def _run_group(self, idx: list[int], waves: list[np.ndarray], rows: list[dict]) -> None:
         import torch
         feats = self.feature_extractor(waves)
-        values = feats["input_values"].to(self.device)
-        mask = feats.get("attention_mask")
+        values, mask = feats["input_values"], feats.get("attention_mask")
+        short = getattr(self.model.config, "min_input_samples", 400) - values.shape[1]
+        if short > 0:  # clips shorter than the model minimum: pad (masked) instead of failing
+            values = torch.nn.functional.pad(values, (0, short))
+            mask = torch.nn.functional.pad(mask, (0, short)) if mask is not None else None
+        values = values.to(self.device)
         mask = mask.to(self.device) if mask is not None else None
         t0 = time.perf_counter()
         with torch.inference_mode():

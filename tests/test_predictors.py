@@ -72,7 +72,8 @@ def test_ctc_stages_one_row_per_item_with_typed_errors(tmp_path, tiny_ctc_dir):
     corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
     manifest = _manifest([("libri", LIBRI), ("long", _wav(tmp_path / "long.wav", 21.3)),
                           ("missing", str(tmp_path / "nope.flac")), ("corrupt", str(corrupt)),
-                          ("short", _wav(tmp_path / "short.wav", 0.7, sr=8000))])
+                          ("short", _wav(tmp_path / "short.wav", 0.7, sr=8000)),
+                          ("blip", _wav(tmp_path / "blip.wav", 0.01))])
     cfg = _cfg(TranscribeConfig, tiny_ctc_dir, "window_s=8", "overlap_s=1")
     chunks, out = _run_stages(cfg, manifest, CTCPredictor, shuffle_seed=1)
     assert out.schema == CTC_SCHEMA
@@ -87,6 +88,7 @@ def test_ctc_stages_one_row_per_item_with_typed_errors(tmp_path, tiny_ctc_dir):
     assert all(0 <= w["start_s"] <= w["end_s"] <= 21.3 + 0.02 for w in words)
     assert [w["word"] for w in words] == long["text"].split()
     assert rows["libri"]["model"] == str(tiny_ctc_dir) and len(rows["libri"]["checkpoint_sha256"]) == 64
+    assert rows["blip"]["error_type"] is None and rows["blip"]["words"] == []  # 10 ms: no frame, no crash
     for r in rows.values():
         assert (r["error"] is None) == (r["error_type"] is None)
 
