@@ -209,7 +209,8 @@ def _num(x, fmt: str = "{:.3f}") -> str:
 
 def _split_table(splits: Mapping[str, Mapping]) -> list[str]:
     lines = [
-        "| split | utts | words | WER % | CER % | WER % (whisper) | CER % (whisper) | failed items | audio h | RTF | audio s/s |",
+        "| split | utts | words | WER % | CER % | WER % (whisper) | CER % (whisper) | failed items "
+        "| audio h | RTF | audio s/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in sorted(splits):
@@ -240,7 +241,9 @@ def _worst_section(worst: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render_markdown(summary: Mapping, worst: pd.DataFrame, gate: Sequence[GateFailure], plots: Mapping[str, str]) -> str:
+def render_markdown(
+    summary: Mapping, worst: pd.DataFrame, gate: Sequence[GateFailure], plots: Mapping[str, str]
+) -> str:
     """The report body; ``plots`` maps a title to a path relative to the report."""
     overall = summary.get("overall", {})
     lines = [

@@ -83,7 +83,8 @@ def _argv(tmp_path, run, **extra):
 
 def _expected_wer(split, corrupt):
     pairs = [(t, corrupt(u, t)) for u, (s, _, t) in sorted(fixture_transcripts().items()) if s == split]
-    return jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs]), jiwer.cer([p[0] for p in pairs], [p[1] for p in pairs])
+    refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
+    return jiwer.wer(refs, hyps), jiwer.cer(refs, hyps)
 
 
 def test_run_on_fixture_writes_parquet_summary_report(tmp_path, capsys):

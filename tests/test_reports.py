@@ -5,7 +5,6 @@ import json
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
-import pytest
 
 from sew_pipeline import metrics, reports
 
