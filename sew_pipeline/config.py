@@ -285,7 +285,7 @@ class PipelineConfig:
                                               "(AWS_* environment variables also apply)")
     ray_address: Optional[str] = opt(None, "Ray cluster to join; null = RAY_ADDRESS or a local Ray")
     limit: Optional[int] = opt(None, "process only the first N manifest rows (smoke runs)")
-    resume: bool = opt(True, "skip ids already present in the output")
+    resume: bool = opt(True, "skip ids already present in the output (false: the output must be empty)")
     window_s: float = opt(30.0, "long audio is cut into windows of this length")
     overlap_s: float = opt(2.0, "overlap between consecutive windows")
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig, metadata={"help": "decode stage"})

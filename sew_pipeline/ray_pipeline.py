@@ -89,6 +89,10 @@ def run(cfg: PipelineConfig) -> JobResult:
     _check_model(cfg, options)
     manifest = _load_manifest(cfg, options)
     skipped = 0
+    if not cfg.resume and store.files():
+        # appending a second full run would duplicate every id
+        raise ValueError(f"output {redact(cfg.output)} already holds results and resume is false: "
+                         "use a new output location, or resume: true to complete it")
     if cfg.resume:
         store.quarantine_incomplete()
         done = store.completed_ids()

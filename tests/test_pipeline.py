@@ -1,6 +1,7 @@
 """The Ray pipeline end to end on the shared session Ray: S3 in/out, resume, label_archive."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -91,6 +92,8 @@ def test_s3_corpus_to_s3_parquet_every_row_exactly_once(ray_session, s3_server, 
     again = ray_pipeline.transcribe(cfg)  # resume: everything is already there
     assert again.summary["skipped_already_done"] == len(entries) and again.summary["ids_written"] == 0
     assert read_results("s3://results/transcripts", s3.storage_options).num_rows == len(entries)
+    with pytest.raises(ValueError, match="already holds results and resume is false"):
+        ray_pipeline.transcribe(dataclasses.replace(cfg, resume=False))  # would duplicate every id
 
 
 def _many_items(tmp_path, n=24) -> Path:
