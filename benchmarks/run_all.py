@@ -42,12 +42,12 @@ def row(section: str, name: str, ours: str = "", ref: str = "", ratio: str = "",
 
 
 # ------------------------------------------------------------------ timing
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None] = lambda: None
-                ) -> dict[str, float]:
-    """Median seconds per call of each fn, run alternately after one warm-up each."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None] = lambda: None,
+                warmup: bool = True) -> dict[str, float]:
+    """Median seconds per call of each fn, run alternately (after one warm-up each unless warmup=False)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
-        for f in fns.values():
+        for f in fns.values() if warmup else ():
             f()
         for _ in range(repeats):
             for k, f in fns.items():
@@ -169,7 +169,7 @@ def corpus_rows(device: str, args: argparse.Namespace) -> None:
     fns = {"transformers fp32": lambda: ref_pass(False), "transformers bf16 autocast": lambda: ref_pass(True),
            "ours fp32": lambda: grouped_forward(fast["ours fp32"], waves, grouped),
            "ours bf16": lambda: grouped_forward(fast["ours bf16"], waves, grouped)}
-    t = interleaved(fns, max(1, args.repeats - 1), _sync(device))
+    t = interleaved(fns, max(1, args.repeats - 1), _sync(device), warmup=False)  # a pass is minutes: no warm-up
     tput = {k: audio_s / v for k, v in t.items()}
     sec = f"mixed-length corpus ({len(waves)} items, {durations.min():.0f}-{durations.max():.0f} s, " \
           f"{audio_s / 60:.1f} min), batch {args.batch}, {device}"
@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--corpus-items", type=int, default=32)
+    ap.add_argument("--corpus-items", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="sew-tiny only, fewer corpus items (smoke run)")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the Ray pipeline rows")
     ap.add_argument("--json", type=Path)
