@@ -178,8 +178,12 @@ def part_job(kind: str, workdir: str, model_dir: str, audio: str, threads: int, 
             "rows_ok": summary.get("rows_ok"), "errors": summary.get("errors_by_type")}
 
 
-def part_stages(model_dir: str, audio: str, threads: int, precision: str) -> dict:
-    """Decode -> model -> assemble callables in-process (what the Ray stages run), timed per audio hour."""
+def part_stages(model_dir: str, audios: str, threads: int, precision: str) -> dict:
+    """Decode -> model -> assemble callables in-process (what the Ray stages run), timed per audio hour.
+
+    One process and one predictor warmed up on the shortest item, then every length in turn, so fixed start
+    costs do not masquerade as a length effect (load drift on a shared machine still can).
+    """
     import pyarrow as pa
     import torch
     from sew_pipeline.config import TranscribeConfig
@@ -188,16 +192,25 @@ def part_stages(model_dir: str, audio: str, threads: int, precision: str) -> dic
     cfg = _cfg(TranscribeConfig, manifest="unused", output="unused", model=model_dir,
                **{"inference.precision": precision, "inference.cpus_per_actor": threads})
     decode, predict, assemble = DecodeStage(cfg), CTCPredictor(cfg, num_threads=threads), ItemAssembler(cfg, "bench")
-    row = {"id": "item", "audio_uri": audio, "offset_s": None, "duration_s": None, "text": None}
-    t0 = time.perf_counter()
-    chunks = decode(pa.Table.from_pylist([row]))
-    preds = [predict(chunks.slice(i, 64)) for i in range(0, chunks.num_rows, 64)]
-    out = assemble(pa.concat_tables(preds))
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "audio_s": sf.info(audio).duration, "rows": out.num_rows}
+
+    def one(audio: str) -> float:
+        row = {"id": Path(audio).stem, "audio_uri": audio, "offset_s": None, "duration_s": None, "text": None}
+        t0 = time.perf_counter()
+        chunks = decode(pa.Table.from_pylist([row]))
+        preds = [predict(chunks.slice(i, 64)) for i in range(0, chunks.num_rows, 64)]
+        assert assemble(pa.concat_tables(preds)).num_rows == 1
+        return (time.perf_counter() - t0) / sf.info(audio).duration * 3600
+    files = audios.split(",")
+    one(files[0])  # warm-up: oneDNN primitives, allocator
+    return {Path(f).stem: one(f) for f in files}
 
 
 # ------------------------------------------------------------------ the rows
+def _emit(rows: list[dict], r: dict) -> None:
+    rows.append(r)
+    print("  " + " | ".join(str(v) for v in r.values()), file=sys.stderr, flush=True)
+
+
 def run_all(threads: int = 2, quick: bool = False, precision: str = "fp32") -> list[dict]:
     from sew_pipeline.models.batching import librispeech_like_durations
     rows: list[dict] = []
@@ -210,7 +223,7 @@ def run_all(threads: int = 2, quick: bool = False, precision: str = "fp32") -> l
         write_manifest(corpus, list(librispeech_like_durations(24 if quick else 64, seed=5)))
         r = run_part("e2e", str(corpus), str(sew_tiny), str(threads), precision)
         model_only, e2e = float(np.mean(r["model_only"])), float(np.mean(r["e2e"]))
-        rows.append(dict(section=f"pipeline, sew-tiny {precision}, {r['audio_s'] / 60:.0f} min LibriSpeech-like",
+        _emit(rows, dict(section=f"pipeline, sew-tiny {precision}, {r['audio_s'] / 60:.0f} min LibriSpeech-like",
                          name="end-to-end (transcribe, Ray) vs model-only (audio-s/s)", ours=f"{e2e:.1f}",
                          ref=f"{model_only:.1f} model-only", ratio=f"{e2e / model_only:.2f}",
                          note=f"e2e includes Ray actor start + model load + Parquet write; pipeline padded frames "
@@ -219,17 +232,17 @@ def run_all(threads: int = 2, quick: bool = False, precision: str = "fp32") -> l
         call = write_noise(tmp / "call.wav", hours * 3600, sr=8000, channels=2, subtype="ULAW")
         for kind, model in (("label", kws), ("transcribe", tiny)):
             r = run_part("job", kind, str(tmp), str(model), str(call), str(threads), precision)
-            rows.append(dict(section=f"memory, {hours:g} h stereo 8 kHz mu-law call, tiny random model",
+            _emit(rows, dict(section=f"memory, {hours:g} h stereo 8 kHz mu-law call, tiny random model",
                              name=f"peak PSS, {'label_archive' if kind == 'label' else 'transcribe_corpus'} "
                                   "(all Ray processes)", ours=f"{r['peak_pss_mb'] / 1024:.2f} GB",
                              note=f"wall {r['wall_s']:.0f} s, rows {r['rows_ok']}, errors {r['errors']}"))
-        for minutes in ((1, 3) if quick else (1, 10, 60)):
-            audio = write_noise(tmp / f"item{minutes}.flac", minutes * 60)
-            r = run_part("stages", str(sew_tiny), str(audio), str(threads), precision)
-            rows.append(dict(section=f"cost vs length, sew-tiny {precision}, decode+model+stitch in-process",
-                             name=f"{minutes} min item: seconds per audio hour",
-                             ours=f"{r['wall_s'] / r['audio_s'] * 3600:.0f}",
-                             note=f"{r['audio_s'] / r['wall_s']:.1f} audio-s/s"))
+        minutes = (1, 3) if quick else (1, 10, 60)
+        files = [str(write_noise(tmp / f"item{m}min.flac", m * 60)) for m in minutes]
+        r = run_part("stages", str(sew_tiny), ",".join(files), str(threads), precision)
+        for m in minutes:
+            _emit(rows, dict(section=f"cost vs length, sew-tiny {precision}, decode+model+stitch in-process",
+                             name=f"{m} min item: seconds per audio hour", ours=f"{r[f'item{m}min']:.0f}",
+                             note=f"{3600 / r[f'item{m}min']:.1f} audio-s/s"))
     return rows
 
 
