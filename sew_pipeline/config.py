@@ -283,6 +283,8 @@ class PipelineConfig:
     model: str = opt("demo-ctc", "checkpoint folder or URI, or a shipped default (demo-ctc, demo-kws)")
     storage_options: dict[str, Any] = opt({}, "s3:// access: endpoint_url, key, secret, region "
                                               "(AWS_* environment variables also apply)")
+    allowed_prefixes: list[str] = opt([], "if set, manifest rows whose audio is not under one of these "
+                                          "prefixes (s3://bucket/dir, /local/dir) become 'not_allowed' error rows")
     ray_address: Optional[str] = opt(None, "Ray cluster to join; null = RAY_ADDRESS or a local Ray")
     limit: Optional[int] = opt(None, "process only the first N manifest rows (smoke runs)")
     resume: bool = opt(True, "skip ids already present in the output (false: the output must be empty)")

@@ -20,6 +20,9 @@ ERROR_TYPES: tuple[str, ...] = (
     "empty",               # zero-length object or zero samples in the requested window
     "non_finite",          # NaN or +-inf samples in the decoded audio
     "too_long",            # duration above the configured max_duration_s (checked from the header)
+    "not_allowed",         # audio_uri outside the configured allowed_prefixes (never opened)
+    "inference",           # the model failed on the item's batch (message redacted)
+    "internal",            # any other unexpected failure in our code for this item (message redacted)
 )
 
 # Environment variables whose values are secrets (key ids are treated as secrets too).

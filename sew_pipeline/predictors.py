@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,34 +58,49 @@ class DecodeStage:
             rows.extend(self.decode_row(row))
         return to_table(rows, CHUNK_SCHEMA)
 
+    def iter_tables(self, batch: pa.Table) -> Iterator[pa.Table]:
+        """One chunk table per manifest row, so a task holds one item's windows, not a batch's."""
+        for row in batch.to_pylist():
+            yield to_table(self.decode_row(row), CHUNK_SCHEMA)
+
     def decode_row(self, row: dict) -> list[dict]:
-        from sew_pipeline import audio, chunking
+        """All chunk rows of one manifest row, or a single error row (never a partial item)."""
+        from sew_pipeline import audio, storage
         base = {"id": row["id"], "audio_uri": redact(str(row.get("audio_uri"))), "text": row.get("text"),
                 "split": row.get("split"), "speaker": row.get("speaker"),
                 "item_start_s": float(row.get("offset_s") or 0.0)}
-        try:
-            channels = audio.load(row, storage_options=self.options, sample_rate=SAMPLE_RATE,
-                                  channels=_channels_mode(self.cfg.decode.channels),
-                                  max_duration_s=self.cfg.decode.max_duration_s)
-        except ItemError as exc:
+        if not storage.allowed(row.get("audio_uri"), self.cfg.allowed_prefixes):
+            return [error_row(base, "not_allowed", f"not_allowed: {base['audio_uri']}: "
+                                                   "outside the configured allowed_prefixes")]
+        out: list[dict] = []
+        items: dict[int, int] = {}  # channel -> item_index, in the order iter_chunks yields them
+        try:  # windows are streamed: memory is one window plus one decode block, not the whole file
+            for chunk in audio.iter_chunks(row, window_s=self.cfg.window_s, overlap_s=self.cfg.overlap_s,
+                                           storage_options=self.options, sample_rate=SAMPLE_RATE,
+                                           channels=_channels_mode(self.cfg.decode.channels),
+                                           max_duration_s=self.cfg.decode.max_duration_s, stride=STRIDE,
+                                           frames_for=self.frames_for):
+                out.append(self._chunk_row(base, chunk, items.setdefault(chunk.channel, len(items))))
+        except ItemError as exc:  # discard the item's chunks: an item is all rows or one error row
             return [error_row(base, exc.error_type, exc.message)]
         except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
-            return [error_row(base, "internal", redact(f"decode failed: {type(exc).__name__}: {exc}"))]
-        out = []
-        for item_index, (channel, y) in enumerate(channels):
-            item_id = row["id"] if len(channels) == 1 and channel == -1 else f"{row['id']}#c{channel}"
-            windows = chunking.plan_windows(len(y), self.cfg.window_s, self.cfg.overlap_s,
-                                            sr=SAMPLE_RATE, stride=STRIDE, frames_for=self.frames_for)
-            for w in windows:
-                out.append({**base, "item_id": item_id, "channel": int(channel), "item_index": item_index,
-                            "num_items": len(channels), "chunk_index": w.index, "num_chunks": len(windows),
-                            "start_s": base["item_start_s"] + w.start / SAMPLE_RATE,
-                            "end_s": base["item_start_s"] + w.end / SAMPLE_RATE,
-                            "item_duration_s": len(y) / SAMPLE_RATE,
-                            "keep_start_frame": w.keep_start_frame, "keep_end_frame": w.keep_end_frame,
-                            "start_frame": w.start // STRIDE,
-                            "audio": np.ascontiguousarray(y[w.start:w.end], dtype="<f4").tobytes()})
+            return [error_row(base, "internal", redact(f"internal: {base['audio_uri']}: decode failed: "
+                                                       f"{type(exc).__name__}: {exc}"))]
+        split = len(items) > 1 or next(iter(items), -1) != -1
+        for r in out:
+            r["num_items"] = len(items)
+            r["item_id"] = f"{row['id']}#c{r['channel']}" if split else row["id"]
         return out
+
+    @staticmethod
+    def _chunk_row(base: dict, chunk: Any, item_index: int) -> dict:
+        w, start = chunk.window, base["item_start_s"]
+        return {**base, "channel": int(chunk.channel), "item_index": item_index, "chunk_index": w.index,
+                "num_chunks": chunk.num_windows, "start_s": start + w.start / SAMPLE_RATE,
+                "end_s": start + w.end / SAMPLE_RATE, "item_duration_s": chunk.item_num_samples / SAMPLE_RATE,
+                "keep_start_frame": w.keep_start_frame, "keep_end_frame": w.keep_end_frame,
+                "start_frame": w.start // STRIDE,
+                "audio": np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes()}
 
 
 def model_config(cfg: PipelineConfig, options: dict) -> dict:
@@ -107,9 +123,10 @@ def error_row(base: dict, error_type: str, message: str) -> dict:
             "end_s": None, "error_type": error_type, "error": message}
 
 
-def decode_batch(batch: pa.Table, cfg: PipelineConfig) -> pa.Table:
-    """Function form of DecodeStage for stateless CPU tasks."""
-    return DecodeStage(cfg)(batch)
+def decode_batch(batch: pa.Table, cfg: PipelineConfig) -> Iterator[pa.Table]:
+    """Function form of DecodeStage for stateless CPU tasks: yields one table per manifest row
+    (Ray Data stores each as it is yielded, so a task never holds a whole batch of long files)."""
+    yield from DecodeStage(cfg).iter_tables(batch)
 
 
 # ------------------------------------------------------------------ batching
@@ -271,6 +288,8 @@ class ItemAssembler:
         self.cfg, self.run_id = cfg, run_id
         self.schema = output_schema(cfg.task)
         self.pending: dict[str, dict[tuple[int, int], dict]] = {}
+        # ids already emitted: a replayed prediction row (a retried upstream task) must not emit an id twice
+        self.emitted: set[str] = set()
         self.tokenizer = self.labels = None
         if cfg.task == "ctc":
             from sew_pipeline import models, storage
@@ -281,10 +300,14 @@ class ItemAssembler:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []
         for row in batch.to_pylist():
+            if row["id"] in self.emitted:
+                log.warning("dropping a replayed row of id %s (already written)", row["id"])
+                continue
             rows = self.pending.setdefault(row["id"], {})
-            rows[(row["item_index"], row["chunk_index"])] = row
+            rows[(row["item_index"], row["chunk_index"])] = row  # a replayed chunk overwrites itself
             if self._complete(rows):
                 del self.pending[row["id"]]
+                self.emitted.add(row["id"])
                 out.extend(self.finish(list(rows.values())))
         for r in out:
             r["run_id"] = self.run_id

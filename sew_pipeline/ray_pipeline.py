@@ -32,6 +32,17 @@ from sew_pipeline.summary import SUMMARY_COLUMNS, format_table, summarize
 
 log = logging.getLogger(__name__)
 
+# Fault tolerance. Decode and write tasks are retried when their worker dies (their outputs are
+# deterministic, and output file names are per task, so a redo rewrites rather than duplicates).
+# Model/assembler actors restart without limit, and a batch whose actor died is resubmitted up to
+# ACTOR_TASK_RETRIES times (bounded: a batch that kills its actor every time must fail the run, not
+# loop forever). An actor restart loses nothing: every row is keyed by (id, item, chunk) and the
+# assembler emits an id once. Ids lost to an assembler restart (its buffered rows) are redone by a
+# further pass of the same run, up to MAX_PASSES; any still missing make the job exit 1.
+TASK_RETRIES = 3
+ACTOR_TASK_RETRIES = 3
+MAX_PASSES = 2
+
 
 @dataclass
 class JobResult:
@@ -74,7 +85,8 @@ def _absolute(cfg: PipelineConfig) -> PipelineConfig:
     def fix(uri: str) -> str:
         return uri if storage.is_remote(uri) or not uri else os.path.abspath(uri)
     model = fix(cfg.model) if os.path.exists(cfg.model) else cfg.model  # else a shipped name
-    return dataclasses.replace(cfg, manifest=fix(cfg.manifest), output=fix(cfg.output), model=model)
+    return dataclasses.replace(cfg, manifest=fix(cfg.manifest), output=fix(cfg.output), model=model,
+                               allowed_prefixes=[fix(p) for p in cfg.allowed_prefixes])
 
 
 def run(cfg: PipelineConfig) -> JobResult:
@@ -95,21 +107,32 @@ def run(cfg: PipelineConfig) -> JobResult:
                          "use a new output location, or resume: true to complete it")
     if cfg.resume:
         store.quarantine_incomplete()
-        done = store.completed_ids()
-        if done:
-            keep = pc.invert(pc.is_in(manifest.column("id"), value_set=pa.array(sorted(done), pa.string())))
-            skipped = manifest.num_rows - int(pc.sum(keep.cast(pa.int64())).as_py() or 0)
-            manifest = manifest.filter(keep)
-    if manifest.num_rows:
-        dataset = build_dataset(cfg, manifest, run_id)
-        dataset.write_parquet(
+        remaining = _without(manifest, store.completed_ids())
+        skipped, manifest = manifest.num_rows - remaining.num_rows, remaining
+    todo = manifest
+    for attempt in range(1, MAX_PASSES + 1):
+        if not todo.num_rows:
+            break
+        if attempt > 1:  # ids lost inside the run (e.g. the assembler actor restarted): redo just those
+            log.warning("pass %d: %d id(s) were not written; running them again", attempt, todo.num_rows)
+        build_dataset(cfg, todo, run_id).write_parquet(
             _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
-            schema=output_schema(cfg.task), ray_remote_args={"num_cpus": 0})
+            schema=output_schema(cfg.task), ray_remote_args={"num_cpus": 0, "max_retries": TASK_RETRIES})
+        written = store.read(["id"], run_id=run_id)
+        todo = _without(todo, set(written.column("id").to_pylist()) if written is not None else set())
     columns = SUMMARY_COLUMNS + (["level"] if cfg.task == "classification" else [])
     rows = store.read(columns, run_id=run_id)
     summary = summarize(rows, cfg.task, time.perf_counter() - t0, manifest.num_rows + skipped, skipped,
                         expected=manifest.num_rows)
     return JobResult(output=redact(cfg.output), run_id=run_id, summary=summary)
+
+
+def _without(manifest: pa.Table, ids: set[str]) -> pa.Table:
+    """Manifest rows whose id is not in ``ids``."""
+    if not ids:
+        return manifest
+    keep = pc.invert(pc.is_in(manifest.column("id"), value_set=pa.array(sorted(ids), pa.string())))
+    return manifest.filter(keep)
 
 
 def _write_path(store: ResultStore) -> str:
@@ -162,11 +185,12 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str) -> ray.d
         ray.data.from_arrow(manifest, override_num_blocks=blocks)
         .map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_rows,
                      batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
-                     memory=cfg.decode.memory_mb * 2**20)
+                     memory=cfg.decode.memory_mb * 2**20, max_retries=TASK_RETRIES)
         .map_batches(predictor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.inference.batch_rows,
                      batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors),
-                     **resources)
+                     max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES, **resources)
         # All rows of an id must meet in one place: a single, nearly free actor (rows are small).
         .map_batches(ItemAssembler, fn_constructor_kwargs={"cfg": cfg, "run_id": run_id}, batch_size=None,
-                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
+                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                     max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES)
     )

@@ -26,6 +26,15 @@ _ALIASES = {
     "aws_session_token": "token", "session_token": "token",
     "anonymous": "anon", "no_sign_request": "anon",
 }
+# botocore client settings applied unless the config gives its own `config_kwargs`: transient S3
+# failures (503 SlowDown, 500, throttling, dropped connections) are retried by botocore itself with
+# bounded exponential backoff; "adaptive" also rate-limits the client after throttling responses.
+# s3fs adds its own bounded retry loop (`retries`, default 5) for errors botocore does not retry.
+S3_RETRY_DEFAULTS: dict[str, Any] = {
+    "retries": {"max_attempts": 8, "mode": "adaptive"},
+    "connect_timeout": 10,
+    "read_timeout": 60,
+}
 
 
 def storage_options(cfg_opts: Mapping[str, Any] | None = None,
@@ -72,6 +81,8 @@ def storage_options(cfg_opts: Mapping[str, Any] | None = None,
             opts.pop(k, None)
     if client:
         opts["client_kwargs"] = client
+    config_kwargs = {**S3_RETRY_DEFAULTS, **(opts.get("config_kwargs") or {})}
+    opts["config_kwargs"] = config_kwargs
     register_secrets(secrets_in_options(opts))
     return opts
 
@@ -92,7 +103,8 @@ def _options_for(uri: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if proto in _S3_PROTOCOLS:
         return dict(options or {})
-    return {k: v for k, v in (options or {}).items() if k not in ("key", "secret", "token", "anon", "client_kwargs")}
+    s3_only = ("key", "secret", "token", "anon", "client_kwargs", "config_kwargs")
+    return {k: v for k, v in (options or {}).items() if k not in s3_only}
 
 
 def filesystem(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -153,6 +165,33 @@ def read_bytes(uri: str | None, storage_options: Mapping[str, Any] | None = None
 
 def read_text(uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
     return read_bytes(uri, storage_options).decode("utf-8-sig")
+
+
+def normalise(uri: str) -> str:
+    """Canonical form for prefix checks: local paths resolved (symlinks, '..'), remote keys normalised."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" not in uri:
+        return os.path.realpath(uri)
+    scheme, rest = uri.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    return f"{scheme.lower()}://{bucket}/{key}"
+
+
+def allowed(uri: str | None, prefixes: list[str] | tuple[str, ...]) -> bool:
+    """True when there is no allow-list, or `uri` lies under one of `prefixes` (whole path segments:
+    s3://a/calls allows s3://a/calls/x.wav, not s3://a/calls-old/x.wav)."""
+    if not prefixes:
+        return True
+    if not uri:
+        return False
+    target = normalise(uri)
+    for prefix in prefixes:
+        base = normalise(prefix).rstrip("/")
+        if target == base or target.startswith(base + "/"):
+            return True
+    return False
 
 
 def dirname(uri: str) -> str:

@@ -1,0 +1,119 @@
+"""Every fault at once, through the real pipeline (job entry point, shared Ray, IAM-enforcing S3
+behind a fault-injecting proxy), with the inference actor SIGKILLed mid-run: every id exactly once,
+the right error_type per row, exit status 0, a summary counting each error type, no secret anywhere."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from sew_pipeline.config import TranscribeConfig
+from sew_pipeline.results import read_results
+from tests.reliability.conftest import fault_files, wav_bytes
+from tests.reliability.faulty_proxy import FaultyProxy
+from tests.reliability.procs import ActorKiller
+
+REPO = Path(__file__).resolve().parents[2]
+N_GOOD = 40
+PROXY_RULES = {"flaky-throttle": ("throttle", 3), "flaky-reset": ("reset", 2)}
+
+
+def _job_main():
+    spec = importlib.util.spec_from_file_location("sew_jobs_common", REPO / "jobs/_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _corpus(s3, outside: Path) -> tuple[list[dict], dict[str, str | None]]:
+    """Upload good clips and every damaged file; returns manifest entries and id -> expected error_type."""
+    entries, expected = [], {}
+    for i in range(N_GOOD):
+        s3.put("corpus", f"good/g{i:02d}.wav", wav_bytes(1.5 + (i % 4) * 0.6, seed=i))
+        entries.append({"id": f"good-{i:02d}", "audio_filepath": f"good/g{i:02d}.wav"})
+        expected[f"good-{i:02d}"] = None
+    for name, (data, error_type) in fault_files().items():
+        s3.put("corpus", f"faults/{name}", data)
+        entries.append({"id": name.split(".")[0], "audio_filepath": f"faults/{name}"})
+        expected[name.split(".")[0]] = error_type
+    outside.write_bytes(wav_bytes(1.0))
+    for rid, path, error_type in (("missing", "faults/missing.wav", "missing"),
+                                  ("permission", "s3://private/calls/secret-call.wav", "permission"),
+                                  ("not_allowed", str(outside), "not_allowed"),
+                                  ("escape", "../private/calls/secret-call.wav", "not_allowed")):
+        entries.append({"id": rid, "audio_filepath": path})
+        expected[rid] = error_type
+    s3.put("corpus", "manifest.jsonl", "\n".join(json.dumps(e) for e in entries) + "\n")
+    return entries, expected
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_mixed_faults_exactly_once_with_actor_kill(ray_session, s3_iam, tiny_ctc_dir, tmp_path, capfd):
+    s3, out = s3_iam, tmp_path / "out"
+    entries, expected = _corpus(s3, tmp_path / "outside.wav")
+    before = _files(tmp_path)
+    with FaultyProxy(s3.endpoint_url, PROXY_RULES) as proxy:
+        options = {**s3.storage_options, "client_kwargs": {"endpoint_url": proxy.endpoint_url,
+                                                           "region_name": s3.region}}
+        argv = ["--config", str(REPO / "configs/transcribe_corpus.yaml"),
+                "--set", "manifest=s3://corpus/manifest.jsonl", "--set", f"output={out}",
+                "--set", f"model={tiny_ctc_dir}", "--set", f"storage_options={json.dumps(options)}",
+                "--set", "allowed_prefixes=[s3://corpus/good, s3://corpus/faults, s3://private]",
+                "--set", "decode.max_duration_s=20", "--set", "window_s=8", "--set", "overlap_s=1",
+                "--set", "decode.batch_rows=2", "--set", "inference.batch_rows=2"]
+        killer = ActorKiller("CTCPredictor", ready=lambda: any(out.glob("*.parquet")))
+        killer.start()
+        try:
+            status = _job_main()(TranscribeConfig, "transcribe",
+                                 "transcribe_corpus", "configs/transcribe_corpus.yaml", argv)
+        finally:
+            killer.stop.set()
+            killer.join()
+    logs = capfd.readouterr()
+    summary = json.loads(logs.out.split("SUMMARY_JSON ", 1)[1].splitlines()[0])
+
+    # the inference actor really died mid-run, and the run still completed
+    assert killer.killed is not None, "the inference actor was never killed"
+    assert not os.path.exists(f"/proc/{killer.killed}")
+    # every id exactly once, with the right outcome
+    table = read_results(str(out))
+    assert Counter(table.column("id").to_pylist()) == Counter(e["id"] for e in entries)
+    rows = {r["id"]: r for r in table.to_pylist()}
+    for rid, error_type in expected.items():
+        assert rows[rid]["error_type"] == error_type, (rid, rows[rid]["error"])
+        if error_type is None:
+            assert rows[rid]["text"] is not None and rows[rid]["duration_s"] > 0
+        else:
+            assert rows[rid]["text"] is None and rows[rid]["error"]
+    # the job's verdict and its summary
+    assert status == 0
+    errors = Counter(t for t in expected.values() if t)
+    assert summary["errors_by_type"] == dict(errors) and summary["ids_not_written"] == 0
+    assert summary["rows_ok"] == sum(t is None for t in expected.values())
+    for line in ("errors by type", "ids not written"):
+        assert line in logs.out
+    # transient faults were really injected and absorbed by botocore's retries
+    assert proxy.injected["flaky-throttle"] >= 3 and proxy.injected["flaky-reset"] >= 2
+    # the secret key is nowhere: rows, error messages, logs, Parquet bytes and metadata
+    _assert_no_secret(s3.secret, out, json.dumps(table.to_pylist(), default=str), logs.out + logs.err)
+    assert s3.secret not in json.dumps(summary)
+    # the job wrote only under its output location
+    assert all(out in p.parents for p in _files(tmp_path) - before)
+
+
+def _assert_no_secret(secret: str, out: Path, *texts: str) -> None:
+    for text in texts:
+        assert secret not in text
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+            if path.suffix == ".parquet":
+                meta = pq.read_metadata(path).metadata or {}
+                assert secret.encode() not in b"".join(k + v for k, v in meta.items())
