@@ -41,7 +41,7 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
 - {train.get('train_utts', 18000)} sentences ({train.get('train_hours', 15.4):.1f} h) from our grammar (`training/grammar.py`, ~1,300 words),
   rendered by espeak-ng with {len(v['train'])} voices (8 English accents x 24 variants, minus the held-out pairs),
   speed 130-190 wpm, pitch 30-70.
-- On-the-fly augmentation: gain, generated background noise (white/pink/brown/hum/rumble) at 5-40 dB SNR
+- On-the-fly augmentation: speed/formant perturbation by resampling (0.85-1.2, p 0.5), gain, generated background noise (white/pink/brown/hum/rumble) at 5-40 dB SNR
   (p 0.4), 8 kHz telephone band round trip, 60 % of those with 8-bit mu-law (p 0.2); SpecAugment-style time
   masking (p 0.05).
 - Held-out set: {res['heldout']['n']} sentences never used in training, spoken by {len(v['heldout'])} voices (accent+variant pairs)
@@ -49,8 +49,9 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
   with other partners, so "unseen voice" here means an unseen combination, not an unseen synthesizer.
 
 ## Training run
-{train.get('steps')} steps (~{train.get('epochs', 0):.1f} epochs), batches of <= 64 s of length-bucketed audio, AdamW (peak lr
-{train.get('lr', 8e-4)}, 500 warm-up steps, cosine), grad-norm clip 5. Wall time {train.get('minutes', 0):.0f} min on {MACHINE}.
+{train.get('steps')} steps (epoch {train.get('epochs', 0)}), length-bucketed batches of <= 32 s of audio (the first ~55 steps: 64 s),
+AdamW (peak lr 8e-4, 300 warm-up steps, cosine towards 12,000 steps), grad-norm clip 5, speed/formant
+perturbation 0.85-1.2 (p 0.5). Wall time {train.get('minutes', 0):.0f} min on {MACHINE}.
 
 ## Measured results (greedy decoding, measured on this exported folder)
 | set | CER | WER |
@@ -104,7 +105,8 @@ squeeze 2, projector 128.
 - _silence_: generated noise clips (white, pink, brown, mains hum, rumble, near-digital silence), -30..+10 dB
   gain.
 - Augmentation: quiet noise bed, background noise at 0-30 dB SNR (p 0.6), gain, 8 kHz telephone band
-  (+mu-law) round trip (p 0.2), time masking.
+  (+mu-law) round trip (p 0.2), time masking; in the last {train.get('finetune_steps', 0)} steps also speed/formant
+  perturbation by resampling (0.8-1.25, p 0.7).
 
 ## Training run
 {train.get('steps')} steps of 64 clips, AdamW (peak lr 1e-3, 200 warm-up, cosine), label smoothing 0.05.

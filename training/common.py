@@ -78,6 +78,13 @@ def augment(y: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None, p
     return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
+def perturb_speed(y: np.ndarray, rng: np.random.Generator, lo: float = 0.85, hi: float = 1.2) -> np.ndarray:
+    """Resample-based speed perturbation: shifts pitch *and* formants (a crude vocal-tract-length change),
+    widening the narrow formant range of espeak-ng voices towards real talkers."""
+    f = float(rng.uniform(lo, hi))
+    return soxr.resample(y, SR, SR / f).astype(np.float32)
+
+
 def collate(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-utterance normalisation (same function the shipped FeatureExtractor uses), zero padding, mask."""
     L = max(w.size for w in waves)

@@ -18,7 +18,7 @@ import torch
 
 from sew_pipeline.models import SEWConfig, SEWForCTC
 from training.common import (WORK, Meter, UttSet, augment, collate, encode_text, greedy_decode, load_state, log,
-                             lr_at, param_count, save_state)
+                             lr_at, param_count, perturb_speed, save_state)
 
 SR = 16000
 COMMITTED = Path(__file__).resolve().parent / "state" / "ctc_resume.pt"
@@ -91,15 +91,16 @@ def evaluate_sets(model: SEWForCTC, sets: dict[str, UttSet], limit: int | None =
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=16000)
+    ap.add_argument("--steps", type=int, default=12000)
     ap.add_argument("--lr", type=float, default=8e-4)
-    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--clip", type=float, default=5.0)
-    ap.add_argument("--batch-seconds", type=float, default=64.0)
+    ap.add_argument("--batch-seconds", type=float, default=32.0)
     ap.add_argument("--state", type=Path, default=WORK / "ctc_resume.pt")
     ap.add_argument("--save-every-s", type=float, default=300.0)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (after saving) after this long; 0 = no limit")
+    ap.add_argument("--p-speed", type=float, default=0.5, help="probability of speed/formant perturbation (0.85-1.2)")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
     a = ap.parse_args(argv)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> Path:
             batches = make_batches(lengths, max_samples, seed=epoch)
         idx = batches[pos]
         pos += 1
-        waves = [augment(train.audio(i), rng, noise, p_noise=0.4, snr_db=(5.0, 40.0), p_tel=0.2) for i in idx]
+        waves = [augment(perturb_speed(train.audio(i), rng) if rng.random() < a.p_speed else train.audio(i), rng, noise,
+                         p_noise=0.4, snr_db=(5.0, 40.0), p_tel=0.2) for i in idx]
         x, m = collate(waves)
         labs = [labels_all[i] for i in idx]
         y = torch.full((len(labs), max(len(t) for t in labs)), -100, dtype=torch.long)

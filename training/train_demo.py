@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kws-steps", type=int, default=1000)
-    ap.add_argument("--ctc-steps", type=int, default=16000)
+    ap.add_argument("--ctc-steps", type=int, default=12000)
     ap.add_argument("--ctc-max-minutes", type=float, default=0.0)
     ap.add_argument("--skip-kws", action="store_true")
     ap.add_argument("--status", default="final", help="label written into the CTC model card (e.g. interim)")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from sew_pipeline.models import SEWConfig, SEWForSequenceClassification
 from training.common import (WORK, Meter, UttSet, augment, collate, load_state, log, lr_at, param_count,
-                             save_state)
+                             perturb_speed, save_state)
 from training.synth import KWS_LABELS
 
 SR = 16000
@@ -59,8 +59,8 @@ def silence_clip(rng: np.random.Generator, noise: np.ndarray) -> np.ndarray:
 
 
 class KwsSampler:
-    def __init__(self, words: UttSet, noise: np.ndarray, seed: int):
-        self.words, self.noise = words, noise
+    def __init__(self, words: UttSet, noise: np.ndarray, seed: int, p_speed: float = 0.0):
+        self.words, self.noise, self.p_speed = words, noise, p_speed
         self.by_label: dict[int, list[int]] = {}
         for i, r in enumerate(words.rows):
             self.by_label.setdefault(KWS_LABELS.index(r["label"]), []).append(i)
@@ -77,7 +77,10 @@ class KwsSampler:
                 if rng.random() < 0.15:
                     x = x * np.float32(1e-3)  # near-digital silence
             else:
-                x = noise_floor(place(self.words.audio(int(rng.choice(self.by_label[lab]))), rng), rng, self.noise)
+                w = self.words.audio(int(rng.choice(self.by_label[lab])))
+                if rng.random() < self.p_speed:
+                    w = perturb_speed(w, rng, 0.8, 1.25)
+                x = noise_floor(place(w, rng), rng, self.noise)
                 x = augment(x, rng, self.noise, p_noise=0.6, snr_db=(0.0, 30.0), p_tel=0.2)
             waves.append(x)
             labels.append(lab)
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--state", type=Path, default=WORK / "kws_resume.pt")
     ap.add_argument("--save-every-s", type=float, default=180.0)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--p-speed", type=float, default=0.7, help="probability of speed/formant perturbation")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
     a = ap.parse_args(argv)
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> Path:
         step, best, wall = st["step"], st["best"], st["wall_s"]
         log(f"resumed at step {step}", logfile)
     log(f"KWS model: {param_count(model) / 1e6:.2f}M params; train words {len(words)}; eval {len(ev_waves)}", logfile)
-    sampler = KwsSampler(words, noise, seed=1000 + step)  # why: a resumed run does not replay the same batches
+    sampler = KwsSampler(words, noise, seed=1000 + step, p_speed=a.p_speed)  # why: a resumed run does not replay the same batches
     meter, t_save, t_start = Meter(), time.time(), time.time()
     model.train()
     while step < a.steps:
