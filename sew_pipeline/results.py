@@ -45,6 +45,9 @@ class ResultStore:
         return PyFileSystem(FSSpecHandler(self.fs))
 
     def files(self, run_id: str | None = None) -> list[str]:
+        # Other processes (Ray write tasks) add files: a listing cached by s3fs would hide them, and
+        # opening a file missing from the cached listing fails with FileNotFoundError.
+        self.fs.invalidate_cache(self.root)
         try:
             found = self.fs.find(self.root)
         except FileNotFoundError:
