@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/soak.py [--rows 10000] [--distinct 200] [--model PATH|demo-ctc] [--json out.json]
 
 The job runs as `jobs/transcribe_corpus.py` in a subprocess with its own local Ray; every --sample-s the
-resident memory (RSS) of the job's whole process tree (driver, raylet, GCS, decode workers, model and
-assembler actors) is summed. Reported: rows, wall time, every id exactly once, peak RSS, RSS by quarter of
-the run, and flatness: the growth from the second to the last quarter of the run (after start-up),
-which stays near zero when nothing accumulates per row. Clips are `--distinct` generated WAVs of 0.5-2 s,
-referenced round-robin by the manifest rows (each row has its own id; the work per row is the same).
+memory of the job's whole process tree (driver, raylet, GCS, decode workers, model and assembler actors)
+is summed, as RSS and as PSS (shared pages split between processes: the real footprint). Reported: rows,
+wall time, every id exactly once, peak, median by quarter of the run, and flatness: the growth from the
+second to the last quarter (the first is start-up), which stays near zero when nothing accumulates per row.
+Clips are `--distinct` generated WAVs of 0.5-2 s, referenced round-robin by the manifest rows (each row
+has its own id; the work per row is the same).
 Default model: a tiny random SEW (memory behaviour of the pipeline, not model speed).
 """
 from __future__ import annotations
@@ -45,43 +46,47 @@ def make_manifest(root: Path, rows: int, distinct: int, sr: int = 16000) -> Path
     return manifest
 
 
-def tree_rss_mb(root: int) -> float:
-    """Sum of RSS (MiB) over `root` and all its descendants."""
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """(RSS, PSS) in MiB summed over `root` and all its descendants. RSS counts shared pages (Ray's
+    object store, torch libraries) once per process; PSS splits them, so its sum is the real footprint."""
     from tests.reliability.procs import descendants
-    total = 0
+    rss = pss = 0
     for pid in descendants(root) | {root}:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return rss / 1024, pss / 1024
 
 
 class Sampler(threading.Thread):
     def __init__(self, pid: int, every_s: float):
         super().__init__(daemon=True)
         self.pid, self.every_s = pid, every_s
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []  # (t, rss, pss)
         self.done = threading.Event()
 
     def run(self) -> None:
         t0 = time.perf_counter()
         while not self.done.is_set():
-            self.samples.append((time.perf_counter() - t0, tree_rss_mb(self.pid)))
+            self.samples.append((time.perf_counter() - t0, *tree_memory_mb(self.pid)))
             self.done.wait(self.every_s)
 
 
-def flatness(samples: list[tuple[float, float]]) -> dict:
-    """RSS by quarter of the run; growth = median of the last quarter - median of the second."""
-    values = [v for _, v in samples]
+def flatness(values: list[float], name: str) -> dict:
+    """Median by quarter of the run; growth = median of the last quarter - median of the second
+    (the first quarter is start-up: Ray, workers and the model loading)."""
     q = max(1, len(values) // 4)
     quarters = [values[i * q:(i + 1) * q] or values[-1:] for i in range(3)] + [values[3 * q:] or values[-1:]]
     medians = [statistics.median(part) for part in quarters]
     growth = medians[3] - medians[1]
-    return {"rss_median_by_quarter_mb": [round(m, 1) for m in medians], "growth_q2_to_q4_mb": round(growth, 1),
-            "growth_fraction": round(growth / medians[1], 4) if medians[1] else None}
+    return {f"peak_{name}_mb": round(max(values), 1), f"{name}_median_by_quarter_mb": [round(m, 1) for m in medians],
+            f"{name}_growth_q2_to_q4_mb": round(growth, 1),
+            f"{name}_growth_fraction": round(growth / medians[1], 4) if medians[1] else None}
 
 
 def run_job(manifest: Path, output: Path, model: str, every_s: float) -> tuple[int, str, Sampler, float]:
@@ -119,8 +124,8 @@ def soak(rows: int, distinct: int, model: str | None, every_s: float, workdir: P
     return {"rows": rows, "distinct_clips": distinct, "exit_status": status, "wall_s": round(wall, 1),
             "ids_written": len(set(ids)), "duplicate_rows": len(ids) - len(set(ids)),
             "rows_ok": summary.get("rows_ok"), "samples": len(sampler.samples),
-            "peak_rss_mb": round(max(v for _, v in sampler.samples), 1), **flatness(sampler.samples),
-            "rss_series_mb": [(round(t, 1), round(v, 1)) for t, v in sampler.samples],
+            **flatness([s[1] for s in sampler.samples], "rss"), **flatness([s[2] for s in sampler.samples], "pss"),
+            "series_t_rss_pss_mb": [tuple(round(v, 1) for v in s) for s in sampler.samples],
             "log_tail": log[-2000:] if status else ""}
 
 
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sew_soak_") as tmp:
         result = soak(args.rows, args.distinct, args.model, args.sample_s, Path(tmp))
-    printable = {k: v for k, v in result.items() if k != "rss_series_mb"}
+    printable = {k: v for k, v in result.items() if k != "series_t_rss_pss_mb"}
     print(json.dumps(printable, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

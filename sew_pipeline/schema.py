@@ -24,7 +24,7 @@ _SOURCE = [
 _TRAILER = [
     ("model", pa.string()),              # model name/URI as configured (redacted)
     ("checkpoint_sha256", pa.string()),  # sha256 of model.safetensors (or .bin)
-    ("error_type", pa.string()),         # null on success, else one of errors.ERROR_TYPES / "inference"
+    ("error_type", pa.string()),         # null on success, else one of errors.ERROR_TYPES
     ("error", pa.string()),              # redacted message, null on success
     ("processing_s", pa.float64()),      # model seconds spent on this row (share of its batches)
     ("frames", pa.int64()),              # model output frames computed for this row, padding included

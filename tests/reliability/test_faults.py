@@ -1,6 +1,7 @@
 """Every fault at once, through the real pipeline (job entry point, shared Ray, IAM-enforcing S3
-behind a fault-injecting proxy), with the inference actor SIGKILLed mid-run: every id exactly once,
-the right error_type per row, exit status 0, a summary counting each error type, no secret anywhere."""
+behind a fault-injecting proxy), with the inference actor and the assembler SIGKILLed mid-run: every
+id exactly once, the right error_type per row, exit status 0, a summary counting each error type,
+no secret anywhere."""
 from __future__ import annotations
 
 import importlib.util
@@ -68,20 +69,26 @@ def test_mixed_faults_exactly_once_with_actor_kill(ray_session, s3_iam, tiny_ctc
                 "--set", "allowed_prefixes=[s3://corpus/good, s3://corpus/faults, s3://private]",
                 "--set", "decode.max_duration_s=20", "--set", "window_s=8", "--set", "overlap_s=1",
                 "--set", "decode.batch_rows=2", "--set", "inference.batch_rows=2"]
-        killer = ActorKiller("CTCPredictor", ready=lambda: any(out.glob("*.parquet")))
-        killer.start()
+        # Once output is flowing: SIGKILL the inference actor, and the assembler (losing the ids it buffers).
+        killers = [ActorKiller(name, ready=lambda: any(out.glob("*.parquet"))) for name in ("CTCPredictor",
+                                                                                            "ItemAssembler")]
+        for killer in killers:
+            killer.start()
         try:
             status = _job_main()(TranscribeConfig, "transcribe",
                                  "transcribe_corpus", "configs/transcribe_corpus.yaml", argv)
         finally:
-            killer.stop.set()
-            killer.join()
+            for killer in killers:
+                killer.stop.set()
+                killer.join()
     logs = capfd.readouterr()
+    print("second pass after the assembler kill:", "running them again" in logs.err)
     summary = json.loads(logs.out.split("SUMMARY_JSON ", 1)[1].splitlines()[0])
 
-    # the inference actor really died mid-run, and the run still completed
-    assert killer.killed is not None, "the inference actor was never killed"
-    assert not os.path.exists(f"/proc/{killer.killed}")
+    # both actors really died mid-run, and the run still completed
+    for killer in killers:
+        assert killer.killed is not None, f"no {killer.marker} actor was killed"
+        assert not os.path.exists(f"/proc/{killer.killed}")
     # every id exactly once, with the right outcome
     table = read_results(str(out))
     assert Counter(table.column("id").to_pylist()) == Counter(e["id"] for e in entries)
