@@ -6,6 +6,7 @@ merged over the standard AWS environment, so the same job runs against AWS, MinI
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import posixpath
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,7 @@ _ALIASES = {
     "aws_session_token": "token", "session_token": "token",
     "anonymous": "anon", "no_sign_request": "anon",
 }
-# botocore client settings applied unless the config gives its own `config_kwargs`: transient S3
+# botocore client settings for every s3:// filesystem, unless the config gives its own `config_kwargs`: transient S3
 # failures (503 SlowDown, 500, throttling, dropped connections) are retried by botocore itself with
 # bounded exponential backoff; "adaptive" also rate-limits the client after throttling responses.
 # s3fs adds its own bounded retry loop (`retries`, default 5) for errors botocore does not retry.
@@ -81,8 +82,6 @@ def storage_options(cfg_opts: Mapping[str, Any] | None = None,
             opts.pop(k, None)
     if client:
         opts["client_kwargs"] = client
-    config_kwargs = {**S3_RETRY_DEFAULTS, **(opts.get("config_kwargs") or {})}
-    opts["config_kwargs"] = config_kwargs
     register_secrets(secrets_in_options(opts))
     return opts
 
@@ -102,7 +101,10 @@ def _options_for(uri: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     if proto == "file":
         return {}
     if proto in _S3_PROTOCOLS:
-        return dict(options or {})
+        opts = dict(options or {})
+        # deep copy: botocore rewrites the retries dict it is given (max_attempts -> total_max_attempts)
+        opts["config_kwargs"] = copy.deepcopy({**S3_RETRY_DEFAULTS, **(opts.get("config_kwargs") or {})})
+        return opts
     s3_only = ("key", "secret", "token", "anon", "client_kwargs", "config_kwargs")
     return {k: v for k, v in (options or {}).items() if k not in s3_only}
 

@@ -64,11 +64,17 @@ def test_allow_list_edges(tmp_path):
 
 
 def test_s3_retry_settings_reach_the_botocore_client(s3_server):
-    fs, _ = storage.filesystem("s3://corpus/x", storage.storage_options(s3_server.storage_options))
-    assert fs.config_kwargs["retries"] == {"max_attempts": 8, "mode": "adaptive"}
-    fs2, _ = storage.filesystem("s3://corpus/x", storage.storage_options(
-        {**s3_server.storage_options, "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}))
-    assert fs2.config_kwargs["retries"] == {"max_attempts": 2, "mode": "standard"}  # the config wins
+    def client_config(extra: dict):
+        options = storage.storage_options({**s3_server.storage_options, **extra})
+        fs, _ = storage.filesystem(f"s3://corpus/{len(extra)}", options)
+        fs.connect()
+        return fs.s3.meta.config
+    config = client_config({})
+    assert config.retries == {"mode": "adaptive", "total_max_attempts": 9}  # 8 retries after the first try
+    assert config.connect_timeout == 10 and config.read_timeout == 60
+    own = client_config({"config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}})
+    assert own.retries == {"mode": "standard", "total_max_attempts": 3}  # the job config wins
+    assert storage.S3_RETRY_DEFAULTS["retries"] == {"max_attempts": 8, "mode": "adaptive"}  # not rewritten
     assert "config_kwargs" not in storage._options_for("gs://b/k", storage.storage_options())
 
 
