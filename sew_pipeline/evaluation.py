@@ -38,6 +38,8 @@ class EvalConfig(TranscribeConfig):
     manifest: str = opt("", "not used here: each split folder of librispeech_root is the manifest")
     output: str = opt("", "this run's folder (local or s3://); '{run_id}' in it is replaced by the run id")
     librispeech_root: str = opt("", "folder (local or s3://) with LibriSpeech split folders (or its parent)")
+    manifests: dict[str, str] = opt({}, "instead of librispeech_root: {set name: manifest URI or LibriSpeech "
+                                        "split folder}, each scored as one split (e.g. the demo corpus)")
     splits: list[str] = opt([], "splits to evaluate; empty = those of " + ", ".join(KNOWN_SPLITS) + " present")
     history: str = opt("", "JSON-lines run history to read (trend, gate) and append to; empty = none")
     baseline: Optional[Union[str, dict[str, float]]] = opt(
@@ -50,9 +52,11 @@ class EvalConfig(TranscribeConfig):
     def validate(self) -> None:
         if self.manifest:
             raise ConfigError("manifest: not used by the evaluation job; set librispeech_root")
-        if not self.librispeech_root:
-            raise ConfigError("librispeech_root: required (a folder with dev-clean/, test-clean/, ...)")
-        PipelineConfig.validate(dataclasses.replace(self, manifest=self.librispeech_root))
+        if bool(self.librispeech_root) == bool(self.manifests):
+            raise ConfigError("set exactly one of librispeech_root (a folder with dev-clean/, test-clean/, ...) "
+                              "and manifests")
+        first = self.librispeech_root or next(iter(self.manifests.values()))
+        PipelineConfig.validate(dataclasses.replace(self, manifest=first))
         if self.max_wer_increase < 0:
             raise ConfigError("max_wer_increase must be >= 0")
         if self.worst_n < 0:
@@ -136,9 +140,16 @@ def _transcribe_cfg(cfg: EvalConfig, manifest: str, output: str) -> TranscribeCo
     return TranscribeConfig(**{**base, "manifest": manifest, "output": output})
 
 
-def run_split(cfg: EvalConfig, root: str, split: str, out_dir: str, opts: Mapping, transcribe: TranscribeFn):
+def split_sources(cfg: EvalConfig, opts: Mapping) -> dict[str, str]:
+    """{split name: manifest URI}: the configured manifests, or the LibriSpeech split folders found."""
+    if cfg.manifests:
+        return dict(cfg.manifests)
+    root, splits = discover_splits(cfg.librispeech_root, cfg.splits, opts)
+    return {split: storage.join(root, split) for split in splits}
+
+
+def run_split(cfg: EvalConfig, manifest: str, split: str, out_dir: str, opts: Mapping, transcribe: TranscribeFn):
     """Transcribe one split; returns (joined per-utterance frame, pipeline summary dict)."""
-    manifest = storage.join(root, split)
     refs = read_manifest(manifest, opts)
     refs = refs.filter(pc.is_valid(refs["text"]))  # audio without a transcript cannot be scored
     started = time.monotonic()
@@ -199,14 +210,14 @@ def evaluate(cfg: EvalConfig, transcribe: TranscribeFn | None = None) -> EvalRes
     opts = storage.storage_options(cfg.storage_options)
     run_id = _run_id(cfg)
     out_dir = cfg.output.replace("{run_id}", run_id)
-    root, splits = discover_splits(cfg.librispeech_root, cfg.splits, opts)
+    sources = split_sources(cfg, opts)
     history = reports.read_history(cfg.history, opts) if cfg.history else []
     baseline = load_baseline(cfg.baseline, opts)
 
     frames, perf = [], {}
-    for split in splits:
+    for split, manifest in sources.items():
         log.info("evaluating %s", split)
-        joined, pipe = run_split(cfg, root, split, out_dir, opts, transcribe)
+        joined, pipe = run_split(cfg, manifest, split, out_dir, opts, transcribe)
         frames.append(joined)
         perf[split] = split_perf(joined, pipe)
     scored = metrics.score_frame(pd.concat(frames, ignore_index=True), whisper=cfg.whisper_normalization)

@@ -302,3 +302,21 @@ def test_ray_job_submit_nightly_gate(ray_head_cluster, tmp_path, tiny_ctc_dir):
     assert rc != 0 and f"Job 'eval-bad-{tmp_path.name}' failed" in log, log[-4000:]
     assert "test-clean: WER" in log and "previous run great WER 0.0100" in log
     assert [json.loads(x)["run_id"] for x in history.read_text().splitlines()] == ["j1", "great", "j2"]
+
+
+def test_named_manifests_instead_of_librispeech_root(tmp_path):
+    """The demo's way in: {set name: manifest}, each scored as its own split."""
+    argv = _argv(tmp_path, "m1", librispeech_root="") + [
+        "--set", f"manifests={{only-dev: {LIBRISPEECH_ROOT / 'dev-clean'}}}"]
+    fake = FakeTranscriber(drop_last_word)
+    assert evaluation.main(argv, transcribe=fake) == 0
+    assert [Path(c.manifest).name for c in fake.calls] == ["dev-clean"]
+    summary = json.loads((tmp_path / "runs" / "m1" / "summary.json").read_text())
+    assert list(summary["splits"]) == ["only-dev"]
+    assert summary["splits"]["only-dev"]["wer"] == _expected_wer("dev-clean", drop_last_word)[0]
+
+
+def test_librispeech_root_and_manifests_are_exclusive(tmp_path):
+    argv = _argv(tmp_path, "m2") + ["--set", f"manifests={{x: {LIBRISPEECH_ROOT / 'dev-clean'}}}"]
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config(evaluation.EvalConfig, CONFIG, argv[3::2])
