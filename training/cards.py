@@ -61,6 +61,7 @@ and 32 s batches diverged after ~580 steps (loss rose from the 2.93 blank platea
 | held-out synthetic: unseen voices + unseen sentences ({res['heldout']['n']} utts, {res['heldout']['hours'] * 60:.0f} min) | {_pct(res['heldout']['cer'])} | {_pct(res['heldout']['wer'])} |
 | same audio stored as 8 kHz mu-law, resampled back to 16 kHz | {_pct(res['heldout_8k_mulaw']['cer'])} | {_pct(res['heldout_8k_mulaw']['wer'])} |
 | unseen sentences, training voices ({res['dev_seenvoice']['n']} utts, diagnostic) | {_pct(res['dev_seenvoice']['cer'])} | {_pct(res['dev_seenvoice']['wer'])} |
+| shipped demo corpus (first {res['demo_corpus']['n']} held-out utts; 16 kHz FLAC / 8 kHz mu-law) | | {_pct(res['demo_corpus']['wer'])} / {_pct(res['demo_corpus']['wer_8k_mulaw'])} |
 | **real LibriSpeech fixtures** (tests/data, {lib['n']} utts) | {_pct(lib['cer'])} | {_pct(lib['wer'])} |
 
 Held-out examples:

@@ -64,6 +64,18 @@ def librispeech() -> tuple[list[str], list[np.ndarray], list[str]]:
     return ids, waves, refs
 
 
+DEMO_CORPUS = REPO / "sew_pipeline" / "assets" / "demo_corpus" / "manifest.jsonl"
+
+
+def eval_demo_corpus(model_dir: Path) -> dict:
+    """Pooled WER on the shipped demo corpus, as 16 kHz FLAC and as 8 kHz mu-law (the end-to-end test's gate)."""
+    rows = [json.loads(x) for x in DEMO_CORPUS.read_text().splitlines() if x.strip()]
+    waves = [sf.read(DEMO_CORPUS.parent / r["audio_filepath"], dtype="float32")[0] for r in rows]
+    refs = [r["text"] for r in rows]
+    return {"n": len(rows), "wer": error_rates(refs, ctc_transcribe(model_dir, waves))[1],
+            "wer_8k_mulaw": error_rates(refs, ctc_transcribe(model_dir, [telephone_mulaw(w) for w in waves]))[1]}
+
+
 def eval_ctc(model_dir: Path) -> dict:
     t0 = time.time()
     res: dict = {"model": str(model_dir)}
@@ -88,6 +100,7 @@ def eval_ctc(model_dir: Path) -> dict:
     lh = ctc_transcribe(model_dir, lw)
     res["librispeech_fixtures"] = dict(zip(("cer", "wer"), error_rates(lr, lh)), n=len(ids),
                                        items=[{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, lr, lh)])
+    res["demo_corpus"] = eval_demo_corpus(model_dir)
     res["eval_wall_s"] = round(time.time() - t0, 1)
     return res
 

@@ -84,3 +84,24 @@ def size_mb(folder: Path) -> float:
 def params_of(folder: Path) -> float:
     cls = SEWForCTC if (folder / "vocab.json").exists() else SEWForSequenceClassification
     return param_count(cls.from_pretrained(folder)) / 1e6
+
+
+def ctc_folder_from_state(state_path: Path, dst: Path = WORK / "ctc_from_state") -> Path:
+    """The weights inside a CTC resume file as a plain checkpoint folder (to export between evaluations)."""
+    from training.common import load_state
+    from training.train_ctc import ctc_config
+
+    model = SEWForCTC(ctc_config())
+    model.load_state_dict(load_state(state_path)["model"])
+    return model.save_pretrained(dst)
+
+
+def write_gate(folder: Path, res: dict, status: str) -> None:
+    """eval.json: the figures the end-to-end test compares the pipeline against (measured on this folder)."""
+    demo = res["demo_corpus"]
+    (folder / "eval.json").write_text(json.dumps({
+        "status": status, "heldout_cer": round(res["heldout"]["cer"], 4), "heldout_wer": round(res["heldout"]["wer"], 4),
+        "demo_corpus_n": demo["n"], "demo_corpus_wer": round(demo["wer"], 4),
+        "demo_corpus_wer_8k_mulaw": round(demo["wer_8k_mulaw"], 4),
+        # below this the model transcribes (a broken resampler / chunker / decoder moves WER far above it)
+        "functional": bool(demo["wer"] < 0.6)}, indent=1) + "\n")

@@ -49,8 +49,11 @@ def export_ctc_from(src, status: str) -> None:
     rows = [json.loads(x) for x in (WORK / "ctc_train.jsonl").read_text().splitlines()]
     train = {"steps": st.get("step"), "minutes": st.get("wall_s", 0) / 60, "epochs": st.get("epoch", 0),
              "train_utts": len(rows), "train_hours": sum(r["num_samples"] for r in rows) / 16000 / 3600}
-    cards.ctc_card(folder, res, train, status)
     export.build_demo_corpus()
+    res["demo_corpus"] = evaluate.eval_demo_corpus(folder)
+    (WORK / "results_ctc.json").write_text(json.dumps(res, indent=1))
+    cards.ctc_card(folder, res, train, status)
+    export.write_gate(folder, res, status)
     log(f"demo-ctc exported to {folder} ({status}): held-out CER {res['heldout']['cer']:.3f} "
         f"WER {res['heldout']['wer']:.3f}; LibriSpeech fixtures WER {res['librispeech_fixtures']['wer']:.3f}")
 
