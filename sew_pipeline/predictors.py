@@ -224,14 +224,16 @@ class _Predictor:
 
     def _run_group(self, idx: list[int], waves: list[np.ndarray], rows: list[dict]) -> None:
         import torch
-        feats = self.feature_extractor(waves)
-        values, mask = feats["input_values"], feats.get("attention_mask")
+        # Always mask: with it the fast path computes each item exactly as if it were alone (padding-invariant),
+        # also for checkpoints like sew-tiny whose preprocessor says return_attention_mask=false.
+        feats = self.feature_extractor(waves, return_attention_mask=True)
+        values, mask = feats["input_values"], feats["attention_mask"]
         short = getattr(self.model.config, "min_input_samples", 400) - values.shape[1]
         if short > 0:  # clips shorter than the model minimum: pad (masked) instead of failing
             values = torch.nn.functional.pad(values, (0, short))
-            mask = torch.nn.functional.pad(mask, (0, short)) if mask is not None else None
+            mask = torch.nn.functional.pad(mask, (0, short))
         values = values.to(self.device)
-        mask = mask.to(self.device) if mask is not None else None
+        mask = mask.to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(values, attention_mask=mask).logits
