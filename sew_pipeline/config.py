@@ -254,6 +254,7 @@ class InferenceConfig:
     use_gpu: Literal["auto", "yes", "no"] = opt("auto", "one GPU per actor: auto = when the cluster has GPUs")
     precision: Literal["reference", "fp32", "bf16", "int8"] = opt(
         "fp32", "reference = plain model; fp32/bf16/int8 = models.fast inference path (fused kernels)")
+    compile: bool = opt(False, "torch.compile the fast path (pays on long runs; ~1 min compile per actor and shape)")
     batch_rows: int = opt(64, "chunk rows handed to an actor per call (grouped by duration inside)")
     max_batch_audio_s: float = opt(160.0, "bound on padded audio seconds per forward pass")
     max_padding_fraction: float = opt(0.08, "a forward pass never pads more than this fraction of frames")

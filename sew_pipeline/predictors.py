@@ -160,13 +160,13 @@ def _pick_device(use_gpu: str) -> str:
     return "cuda"
 
 
-def fast_model(model: Any, precision: str, device: str) -> Any:
+def fast_model(model: Any, precision: str, device: str, compile: bool = False) -> Any:  # noqa: A002
     """The models.fast inference copy (same call contract), or the model itself for "reference"."""
     if precision == "reference":
         return model
     from sew_pipeline.models.fast import prepare_for_inference
     try:
-        return prepare_for_inference(model, precision, device=device)
+        return prepare_for_inference(model, precision, compile=compile, device=device)
     except ValueError as exc:  # e.g. a classifier layout the fast path does not cover
         log.warning("fast inference path unavailable (%s); using the reference model", exc)
         return model
@@ -191,7 +191,7 @@ class _Predictor:
         self.model = getattr(models, self.model_cls_name).from_pretrained(uri, storage_options=options)
         self.model.eval().to(self.device)
         self.sha256 = getattr(self.model, "checkpoint_sha256", None)
-        self.model = fast_model(self.model, cfg.inference.precision, self.device)
+        self.model = fast_model(self.model, cfg.inference.precision, self.device, cfg.inference.compile)
         self.feature_extractor = models.FeatureExtractor.from_pretrained(uri, storage_options=options)
         self.model_name = redact(cfg.model)
         self.load_extra(uri, options)
