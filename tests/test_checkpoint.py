@@ -107,3 +107,21 @@ def test_mismatched_checkpoint_is_a_clear_error(hf_ctc_folder, tmp_path):
         SEWForCTC.from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="config.json"):
         SEWForCTC.from_pretrained(tmp_path / "nowhere")
+
+
+def test_checkpoint_and_processor_from_s3(hf_ctc_folder, s3_server, tmp_path):
+    """A checkpoint folder in object storage loads through fsspec with the same logits."""
+    from sew_pipeline.models import FeatureExtractor
+
+    FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path)
+    s3_server.create_bucket("models")
+    for f in list(hf_ctc_folder.iterdir()) + [tmp_path / "preprocessor_config.json"]:
+        s3_server.put("models", f"sew/ctc/{f.name}", f)
+    uri = "s3://models/sew/ctc"
+    x = torch.randn(1, 9000)
+    with torch.no_grad():
+        ours = SEWForCTC.from_pretrained(uri, storage_options=s3_server.storage_options)(x).logits
+    assert (ours - reference_logits(hf_ctc_folder, x)).abs().max() <= 1e-4
+    assert FeatureExtractor.from_pretrained(uri, s3_server.storage_options).return_attention_mask is True
+    with pytest.raises(CheckpointError, match="config.json"):
+        SEWForCTC.from_pretrained("s3://models/sew/none", storage_options=s3_server.storage_options)
