@@ -24,8 +24,12 @@ def ctc_card(folder: Path, res: dict, train: dict, status: str) -> None:
     v = _voices()
     rows = "\n".join(f"| {it['id']} | {it['ref']} | {it['hyp']} |" for it in lib["items"])
     ex = "\n".join(f"| {e['ref'].upper()} | {e['hyp']} |" for e in res["heldout_examples"][:5])
+    banner = "" if status == "final" else (
+        f"\n> **{status.upper()} checkpoint.** Training is still in progress (step {train.get('steps')} of a planned "
+        "12,000); the figures below are what this early checkpoint measures, far from the target (held-out CER <= 8 %,\n"
+        "> WER <= 30 %). It will be replaced by the finished model. `eval.json` marks whether it counts as functional.\n")
     (folder / "MODEL_CARD.md").write_text(f"""# demo-ctc: small SEW CTC model trained on synthetic speech ({status})
-
+{banner}
 **What it is.** A `SEWForCTC` ({params_of(folder):.2f} M parameters, {size_mb(folder):.1f} MB folder, fp16 weights run in
 fp32) trained from scratch by `training/train_ctc.py` with this repository's own SEW implementation, on
 espeak-ng speech only. It exists so that `make demo` and the end-to-end tests run a model that really
