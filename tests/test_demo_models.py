@@ -78,7 +78,7 @@ def test_kws_real_clips():
         pytest.xfail(f"real 'no' clip classified as {got['no']!r} (documented limitation of demo-kws)")
 
 
-@needs_functional_ctc
+@pytest.mark.skipif(not (CTC / "config.json").exists(), reason="demo-ctc not exported")
 @torch.inference_mode()
 def test_demo_checkpoints_match_in_transformers():
     hf = pytest.importorskip("transformers")
