@@ -24,8 +24,8 @@ def ensure_synth(workers: int) -> None:
     synth.main(["--workers", str(workers)])
 
 
-def kws_stage(steps: int) -> None:
-    best = train_kws.main(["--steps", str(steps)])
+def kws_stage(steps: int, threads: int) -> None:
+    best = train_kws.main(["--steps", str(steps), "--threads", str(threads)])
     folder = export.export_kws(best)
     res = evaluate.eval_kws(folder)
     (WORK / "results_kws.json").write_text(json.dumps(res, indent=1))
@@ -35,8 +35,8 @@ def kws_stage(steps: int) -> None:
         f"real clips {res['real_speech_commands']}")
 
 
-def ctc_stage(steps: int, max_minutes: float, status: str) -> None:
-    args = ["--steps", str(steps)] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+def ctc_stage(steps: int, max_minutes: float, status: str, threads: int) -> None:
+    args = ["--steps", str(steps), "--threads", str(threads)] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
     last = train_ctc.main(args)
     export_ctc_from(last, status)
 
@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ctc-steps", type=int, default=12000)
     ap.add_argument("--ctc-max-minutes", type=float, default=0.0)
     ap.add_argument("--skip-kws", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a CPU shared with other jobs)")
     ap.add_argument("--status", default="final", help="label written into the CTC model card (e.g. interim)")
     a = ap.parse_args(argv)
     ensure_synth(a.workers)
     if not a.skip_kws:
-        kws_stage(a.kws_steps)
-    ctc_stage(a.ctc_steps, a.ctc_max_minutes, a.status)
+        kws_stage(a.kws_steps, a.threads)
+    ctc_stage(a.ctc_steps, a.ctc_max_minutes, a.status, a.threads)
 
 
 if __name__ == "__main__":
