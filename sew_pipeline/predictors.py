@@ -47,6 +47,8 @@ class DecodeStage:
         self.options = storage.storage_options(cfg.storage_options)
         conv = model_config(cfg, self.options)
         kernels, strides = conv.get("conv_kernel"), conv.get("conv_stride")
+        # Window starts on a whole squeezed frame, so pooling phase matches the unchunked run.
+        self.align = STRIDE * int(conv.get("squeeze_factor", 2))
         self.frames_for = None
         if kernels and strides:  # window keep ranges must use the model's own frame count
             from sew_pipeline.chunking import conv_frames
@@ -79,7 +81,7 @@ class DecodeStage:
                                            storage_options=self.options, sample_rate=SAMPLE_RATE,
                                            channels=_channels_mode(self.cfg.decode.channels),
                                            max_duration_s=self.cfg.decode.max_duration_s, stride=STRIDE,
-                                           frames_for=self.frames_for):
+                                           align=self.align, frames_for=self.frames_for):
                 out.append(self._chunk_row(base, chunk, items.setdefault(chunk.channel, len(items))))
         except ItemError as exc:  # discard the item's chunks: an item is all rows or one error row
             return [error_row(base, exc.error_type, exc.message)]
