@@ -19,7 +19,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "sew_pipeline" / "assets"
 CTC, KWS, CORPUS = ASSETS / "models" / "demo-ctc", ASSETS / "models" / "demo-kws", ASSETS / "demo_corpus"
 SC = Path(__file__).resolve().parent / "data" / "speech_commands"
 GATE = json.loads((CTC / "eval.json").read_text()) if (CTC / "eval.json").exists() else {}
-MARGIN = 0.03  # absolute WER: chunking at 2 s windows may cost a little at window edges, never a lot
+# Absolute WER: 2 s windows give the model little context at window edges. Measured on the interim demo-ctc
+# (step 2783): 58.4 % whole-utterance vs 61.9 % chunked. A broken resampler, chunker or decoder costs tens of points.
+MARGIN = 0.05
 
 needs_functional_ctc = pytest.mark.skipif(
     not GATE.get("functional"), reason=f"demo-ctc is not (yet) a functional model: {GATE or 'no eval.json'}")
