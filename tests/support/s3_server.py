@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.ports import free_port
 
 __all__ = ["S3Server", "start_s3_server", "stop_s3_server", "s3_server", "s3_server_strict"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -75,7 +69,7 @@ class S3Server:
 def start_s3_server(timeout_s: float = 30.0, unauthenticated_actions: int | None = None) -> S3Server:
     """Start moto on a free port. With `unauthenticated_actions`, moto lets that many requests through
     and then authenticates every request and evaluates IAM policies (moto's INITIAL_NO_AUTH_ACTION_COUNT)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
     if unauthenticated_actions is not None:
