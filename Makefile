@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(PY) jobs/demo.py
 
 train-demo: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,train]'
 	$(PY) -m training.train_demo
 
 bench: $(STAMP)

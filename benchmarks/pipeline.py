@@ -5,7 +5,7 @@
 Corpus: FLAC files at 16 kHz with LibriSpeech-like durations (synthetic sound: decode cost does not depend
 on content). Model: --model, else the shipped demo-ctc, else random weights in the sew-tiny shape.
 
-* model-only: the already-decoded chunks, grouped exactly as the predictor groups them (plan_batches with the
+* model-only: the already-decoded chunks, grouped exactly as the predictor groups them (plan_length_groups with the
   same max_batch_audio_s / max_padding_fraction), feature extraction + forward, `--threads` torch threads.
 * end-to-end: ray_pipeline.transcribe() on a local Ray with --threads + 1 CPUs (one actor with --threads CPUs,
   decode tasks on the rest): manifest read, decode, inference, stitching, Parquet write, summary.
@@ -66,11 +66,13 @@ def make_model(root: Path, name: str | None) -> str:
 def model_only(cfg: TranscribeConfig, chunks) -> dict:
     """Feature extraction + forward over the predictor's own grouping of the decoded chunks."""
     import torch
-    from sew_pipeline.predictors import CTCPredictor, plan_batches
+    from sew_pipeline.models.batching import plan_length_groups
+    from sew_pipeline.predictors import CTCPredictor
     predictor = CTCPredictor(cfg)  # same loading, fast path and thread count as an actor
     waves = [np.frombuffer(a, dtype="<f4") for a in chunks.column("audio").to_pylist() if a]
     inf = cfg.inference
-    groups = plan_batches([len(w) for w in waves], int(inf.max_batch_audio_s * SR), inf.max_padding_fraction)
+    groups = plan_length_groups([len(w) for w in waves], max_batch_samples=int(inf.max_batch_audio_s * SR),
+                                max_padding_fraction=inf.max_padding_fraction)
     with torch.inference_mode():  # warm-up
         predictor.model(predictor.feature_extractor(waves[:1])["input_values"])
     t0 = time.perf_counter()

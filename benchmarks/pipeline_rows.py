@@ -133,9 +133,9 @@ def part_e2e(workdir: str, model_dir: str, threads: int, precision: str) -> dict
     from sew_pipeline import ray_pipeline
     from sew_pipeline.config import TranscribeConfig
     from sew_pipeline.models import FeatureExtractor, SEWForCTC
-    from sew_pipeline.models.batching import grouped_forward
+    from sew_pipeline.models.batching import grouped_forward, plan_length_groups
     from sew_pipeline.models.fast import prepare_for_inference
-    from sew_pipeline.predictors import SAMPLE_RATE, plan_batches
+    from sew_pipeline.predictors import SAMPLE_RATE
     torch.set_num_threads(threads)
     manifest = Path(workdir) / "manifest.jsonl"
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
@@ -144,7 +144,7 @@ def part_e2e(workdir: str, model_dir: str, threads: int, precision: str) -> dict
     audio_s = sum(len(w) for w in waves) / SR
     model = prepare_for_inference(SEWForCTC.from_pretrained(model_dir).eval(), precision)
     lengths = [len(w) for w in waves]
-    groups = plan_batches(lengths, 160 * SAMPLE_RATE, 0.08)  # the pipeline's default grouping
+    groups = plan_length_groups(lengths, max_batch_samples=160 * SAMPLE_RATE, max_padding_fraction=0.08)  # pipeline default
 
     def model_only() -> float:
         t0 = time.perf_counter()

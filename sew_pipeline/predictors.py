@@ -131,29 +131,6 @@ def decode_batch(batch: pa.Table, cfg: PipelineConfig) -> Iterator[pa.Table]:
     yield from DecodeStage(cfg).iter_tables(batch)
 
 
-# ------------------------------------------------------------------ batching
-def plan_batches(lengths: list[int], max_batch_samples: int, max_padding_fraction: float) -> list[list[int]]:
-    """Group indices of similar length: each group pads at most ``max_padding_fraction`` of its
-    samples and holds at most ``max_batch_samples`` padded samples (a longer item runs alone)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    groups: list[list[int]] = []
-    current: list[int] = []
-    longest = total = 0
-    for i in order:
-        n = lengths[i]
-        if current:
-            padded = (len(current) + 1) * longest
-            if padded <= max_batch_samples and padded - (total + n) <= max_padding_fraction * padded:
-                current.append(i)
-                total += n
-                continue
-            groups.append(current)
-        current, longest, total = [i], n, n
-    if current:
-        groups.append(current)
-    return groups
-
-
 # ------------------------------------------------------------------ model stage
 def _pick_device(use_gpu: str) -> str:
     import torch
@@ -212,7 +189,9 @@ class _Predictor:
         waves = {i: np.frombuffer(rows[i].pop("audio"), dtype="<f4") for i in audio_rows}
         lengths = [len(waves[i]) for i in audio_rows]
         inf = self.cfg.inference
-        for group in plan_batches(lengths, int(inf.max_batch_audio_s * SAMPLE_RATE), inf.max_padding_fraction):
+        from sew_pipeline.models.batching import plan_length_groups
+        for group in plan_length_groups(lengths, max_batch_samples=int(inf.max_batch_audio_s * SAMPLE_RATE),
+                                        max_padding_fraction=inf.max_padding_fraction):
             idx = [audio_rows[g] for g in group]
             try:
                 self._run_group(idx, [waves[i] for i in idx], rows)

@@ -11,8 +11,9 @@ So each id's rows are present in exactly one complete file.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +22,17 @@ from sew_pipeline import storage
 
 log = logging.getLogger(__name__)
 SUFFIX = ".parquet"
+# Reading back is latency-bound on object storage (one GET per footer / column chunk): read files concurrently.
+IO_THREADS = 16
+T = TypeVar("T")
+
+
+def _map_io(fn: Callable[[str], T], paths: list[str]) -> list[T]:
+    """fn over paths on a small thread pool, results in path order."""
+    if len(paths) <= 1:
+        return [fn(p) for p in paths]
+    with ThreadPoolExecutor(min(IO_THREADS, len(paths))) as pool:
+        return list(pool.map(fn, paths))
 
 
 @dataclass
@@ -61,25 +73,26 @@ class ResultStore:
 
     def quarantine_incomplete(self) -> list[str]:
         """Rename files that are not complete Parquet (no footer) so no reader counts them."""
-        bad = []
-        for path in self.files():
+        def complete(path: str) -> bool:
             try:
                 with self.fs.open(path, "rb") as f:
                     pq.read_metadata(f)
+                return True
             except Exception:  # noqa: BLE001 - any unreadable file is incomplete
-                log.warning("setting aside incomplete output file %s", path.rsplit("/", 1)[-1])
-                self.fs.mv(path, path + ".incomplete")
-                bad.append(path)
+                return False
+        paths = self.files()
+        bad = [p for p, ok in zip(paths, _map_io(complete, paths)) if not ok]
+        for path in bad:
+            log.warning("setting aside incomplete output file %s", path.rsplit("/", 1)[-1])
+            self.fs.mv(path, path + ".incomplete")
         return bad
 
     def completed_ids(self) -> set[str]:
-        ids: set[str] = set()
-        for path in self.files():
-            ids.update(self._read_file(path, ["id"]).column("id").to_pylist())
-        return ids
+        table = self.read(["id"])
+        return set(table.column("id").to_pylist()) if table is not None else set()
 
     def read(self, columns: list[str] | None = None, run_id: str | None = None) -> pa.Table | None:
-        tables = [self._read_file(p, columns) for p in self.files(run_id)]
+        tables = _map_io(lambda p: self._read_file(p, columns), self.files(run_id))
         return pa.concat_tables(tables) if tables else None
 
 

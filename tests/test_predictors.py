@@ -11,18 +11,19 @@ import soundfile as sf
 
 from sew_pipeline.config import LabelConfig, TranscribeConfig, load_config
 from sew_pipeline.predictors import (PREDICTION_SCHEMA, ClassifierPredictor, CTCPredictor, DecodeStage,
-                                     ItemAssembler, plan_batches)
+                                     ItemAssembler)
+from sew_pipeline.models.batching import plan_length_groups
 from sew_pipeline.schema import CLASSIFICATION_SCHEMA, CTC_SCHEMA
 
 LIBRI = "tests/data/LibriSpeech/dev-clean/1272/128104/1272-128104-0000.flac"
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_plan_batches_bounds_padding_and_batch_audio(seed):
+def test_length_groups_bound_padding_and_batch_audio(seed):
     rng = random.Random(seed)
     lengths = [rng.randint(16000, 35 * 16000) for _ in range(200)]
     budget, frac = 160 * 16000, 0.08
-    groups = plan_batches(lengths, budget, frac)
+    groups = plan_length_groups(lengths, max_batch_samples=budget, max_padding_fraction=frac)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # each item exactly once
     total = padded = 0
     for g in groups:

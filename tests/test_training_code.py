@@ -86,3 +86,50 @@ def test_tiny_ctc_steps_and_resume_file(tmp_path: Path):
     fresh.load_state_dict(st["model"])
     torch.optim.AdamW(fresh.parameters(), lr=1e-3).load_state_dict(st["opt"])
     assert st["step"] == 3 and not (tmp_path / "s.tmp").exists()
+
+
+def test_unknown_words_split_is_disjoint_and_piper_uses_only_training_words():
+    from training.piper_synth import piper_jobs
+    from training.synth import unknown_words
+    train_w, held_w = unknown_words()
+    assert len(held_w) == 120 and not set(train_w) & set(held_w)
+    assert not (set(train_w) | set(held_w)) & KWS_EXCLUDE
+    jobs, meta = piper_jobs("kws_piper", per_kw=3, n_unknown=50, seed=1)
+    assert len(jobs) == len(meta) == 3 * len(KEYWORDS) + 50
+    unknown = {m["text"] for m in meta if m["label"] == "_unknown_"}
+    assert unknown and unknown <= set(train_w)
+    assert all(0.75 <= j[2] <= 1.45 for j in jobs)  # length scales as documented in the model card
+
+
+def test_kws_sampler_mixes_the_extra_set_at_the_requested_share(tmp_path: Path):
+    import json
+
+    from training.common import UttSet
+    from training.synth import KWS_LABELS
+    from training.train_kws import KwsSampler
+
+    class CountingSet(UttSet):
+        """An UttSet that records how many clips were read from it."""
+        reads = 0
+
+        def audio(self, i: int) -> np.ndarray:
+            self.reads += 1
+            return super().audio(i)
+
+    def make_set(name: str) -> CountingSet:
+        labels = KEYWORDS * 2 + ["_unknown_"] * 4
+        rows = [{"id": f"{name}{i}", "label": lab, "text": lab, "offset": i * 4000, "num_samples": 4000}
+                for i, lab in enumerate(labels)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        np.full(4000 * len(rows), 3000, np.int16).tofile(tmp_path / f"{name}.bin")
+        return CountingSet(name, work=tmp_path)
+
+    base, extra = make_set("espeak"), make_set("piper")
+    sampler = KwsSampler(base, np.zeros((4, 24000), np.float32), seed=0, extra=extra, p_extra=0.35)
+    _, labels = sampler.batch(600)
+    words = sum(lab != KWS_LABELS.index("_silence_") for lab in labels)
+    assert base.reads + extra.reads == words
+    assert 0.28 < extra.reads / words < 0.42
+    alone = make_set("espeak_only")
+    KwsSampler(alone, np.zeros((4, 24000), np.float32), seed=0, p_extra=0.35).batch(50)
+    assert alone.reads > 0  # without an extra set every word comes from the base set

@@ -19,6 +19,7 @@ import subprocess
 import time
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -68,16 +69,21 @@ def render(job: tuple) -> tuple[str, np.ndarray]:
                          capture_output=True, check=True).stdout
     x, sr = sf.read(io.BytesIO(out), dtype="float32")
     y = soxr.resample(x, sr, SR)
-    if trim:  # single words: cut espeak's lead-in / tail silence so the word can be placed inside 1 s
-        e = np.abs(y) > 0.02 * (np.abs(y).max() + 1e-9)
-        idx = np.flatnonzero(e)
-        if idx.size:
-            y = y[max(0, idx[0] - 800): idx[-1] + 1600]
-    y = np.clip(y, -1, 1)
-    return uid, (y * 32767).astype(np.int16)
+    return uid, to_int16(trim_word(y) if trim else y)
 
 
-def write_set(name: str, jobs: list[tuple], meta: list[dict], pool: Pool, flac: bool = False) -> None:
+def trim_word(y: np.ndarray) -> np.ndarray:
+    """Single words: cut the synthesizer's lead-in / tail silence so the word can be placed inside 1 s."""
+    idx = np.flatnonzero(np.abs(y) > 0.02 * (np.abs(y).max() + 1e-9))
+    return y[max(0, idx[0] - 800): idx[-1] + 1600] if idx.size else y
+
+
+def to_int16(y: np.ndarray) -> np.ndarray:
+    return (np.clip(y, -1, 1) * 32767).astype(np.int16)
+
+
+def write_set(name: str, jobs: list[tuple], meta: list[dict], pool: Pool, flac: bool = False,
+              render_fn: Callable[[tuple], tuple[str, np.ndarray]] = render) -> None:
     bin_path, man_path = WORK / f"{name}.bin", WORK / f"{name}.jsonl"
     if man_path.exists():
         print(f"[synth] {name}: exists, skipped")
@@ -88,7 +94,7 @@ def write_set(name: str, jobs: list[tuple], meta: list[dict], pool: Pool, flac: 
     if flac:
         fdir.mkdir(parents=True, exist_ok=True)
     with open(bin_path, "wb") as f:
-        for (uid, y), m in zip(pool.imap(render, jobs, chunksize=16), meta):
+        for (uid, y), m in zip(pool.imap(render_fn, jobs, chunksize=16), meta):
             f.write(y.tobytes())
             rows.append({**m, "id": uid, "offset": offset, "num_samples": int(y.size)})
             offset += y.size
@@ -158,6 +164,13 @@ def make_noise(n: int, seed: int, seconds: float = 1.0) -> np.ndarray:
     return out
 
 
+def unknown_words() -> tuple[list[str], list[str]]:
+    """_unknown_ words (grammar words + Speech Commands' auxiliary words) split into (train, held-out)."""
+    words = sorted((vocabulary() | set(SPEECH_COMMANDS_UNKNOWN)) - KWS_EXCLUDE)
+    random.Random(7).shuffle(words)
+    return words[120:], words[:120]
+
+
 def unique_sentences(n: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
     g, seen, out = Grammar(random.Random(seed)), set(exclude), []
     while len(out) < n:
@@ -178,10 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     train_v, held_v = split_voices()
     (WORK / "voices.json").write_text(json.dumps({"train": train_v, "heldout": held_v}, indent=1))
-    # Unknown words: grammar words + Speech Commands' auxiliary words, split between train and held-out.
-    words = sorted((vocabulary() | set(SPEECH_COMMANDS_UNKNOWN)) - KWS_EXCLUDE)
-    random.Random(7).shuffle(words)
-    held_words, train_words = words[:120], words[120:]
+    train_words, held_words = unknown_words()
     for name, seed in (("noise_train", 11), ("noise_heldout", 12)):
         p = WORK / "noise" / f"{name}.npy"
         if not p.exists():

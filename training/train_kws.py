@@ -59,12 +59,22 @@ def silence_clip(rng: np.random.Generator, noise: np.ndarray) -> np.ndarray:
 
 
 class KwsSampler:
-    def __init__(self, words: UttSet, noise: np.ndarray, seed: int, p_speed: float = 0.0):
-        self.words, self.noise, self.p_speed = words, noise, p_speed
-        self.by_label: dict[int, list[int]] = {}
-        for i, r in enumerate(words.rows):
-            self.by_label.setdefault(KWS_LABELS.index(r["label"]), []).append(i)
+    """Balanced batches: 1/13 _silence_, 2/13 _unknown_, the rest keywords; each word clip is drawn from the
+    second (e.g. Piper) word set with probability p_extra, from the espeak-ng set otherwise."""
+
+    def __init__(self, words: UttSet, noise: np.ndarray, seed: int, p_speed: float = 0.0,
+                 extra: UttSet | None = None, p_extra: float = 0.0):
+        self.sets = [words] + ([extra] if extra is not None else [])
+        self.noise, self.p_speed, self.p_extra = noise, p_speed, p_extra
+        self.by_label = [self._index(s) for s in self.sets]
         self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def _index(words: UttSet) -> dict[int, list[int]]:
+        by_label: dict[int, list[int]] = {}
+        for i, r in enumerate(words.rows):
+            by_label.setdefault(KWS_LABELS.index(r["label"]), []).append(i)
+        return by_label
 
     def batch(self, n: int) -> tuple[list[np.ndarray], list[int]]:
         rng, waves, labels = self.rng, [], []
@@ -77,7 +87,8 @@ class KwsSampler:
                 if rng.random() < 0.15:
                     x = x * np.float32(1e-3)  # near-digital silence
             else:
-                w = self.words.audio(int(rng.choice(self.by_label[lab])))
+                k = int(len(self.sets) > 1 and rng.random() < self.p_extra)
+                w = self.sets[k].audio(int(rng.choice(self.by_label[k][lab])))
                 if rng.random() < self.p_speed:
                     w = perturb_speed(w, rng, 0.8, 1.25)
                 x = noise_floor(place(w, rng), rng, self.noise)
@@ -119,6 +130,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--p-speed", type=float, default=0.7, help="probability of speed/formant perturbation")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--best-dir", type=Path, default=WORK / "kws_best", help="where the best checkpoint is saved")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="fine-tune: start from this exported model folder (fresh optimizer and schedule)")
+    ap.add_argument("--extra-set", default=None, help="second word set to mix in, e.g. kws_piper (training.piper_synth)")
+    ap.add_argument("--p-extra", type=float, default=0.35, help="share of word clips drawn from --extra-set")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -126,7 +143,8 @@ def main(argv: list[str] | None = None) -> Path:
     words, held = UttSet("kws_train"), UttSet("kws_heldout")
     noise = np.load(WORK / "noise" / "noise_train.npy")
     ev_waves, ev_labels = eval_set(held, np.load(WORK / "noise" / "noise_heldout.npy"))
-    model = SEWForSequenceClassification(kws_config())
+    model = SEWForSequenceClassification.from_pretrained(a.init) if a.init else SEWForSequenceClassification(kws_config())
+    model.float()  # why: exported folders hold fp16 weights
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, best, wall = 0, -1.0, 0.0
     st = load_state(a.state)
@@ -136,14 +154,15 @@ def main(argv: list[str] | None = None) -> Path:
         step, best, wall = st["step"], st["best"], st["wall_s"]
         log(f"resumed at step {step}", logfile)
     log(f"KWS model: {param_count(model) / 1e6:.2f}M params; train words {len(words)}; eval {len(ev_waves)}", logfile)
-    sampler = KwsSampler(words, noise, seed=1000 + step, p_speed=a.p_speed)  # why: a resumed run does not replay the same batches
+    extra = UttSet(a.extra_set) if a.extra_set else None
+    sampler = KwsSampler(words, noise, seed=1000 + step, p_speed=a.p_speed, extra=extra, p_extra=a.p_extra)  # why: a resumed run does not replay the same batches
     meter, t_save, t_start = Meter(), time.time(), time.time()
     model.train()
     while step < a.steps:
         waves, labels = sampler.batch(a.batch)
         x, m = collate(waves)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.lr, 200, a.steps)
+            g["lr"] = lr_at(step, a.lr, a.warmup, a.steps)
         logits = model(x, attention_mask=m).logits
         loss = F.cross_entropy(logits, torch.tensor(labels), label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
@@ -162,13 +181,13 @@ def main(argv: list[str] | None = None) -> Path:
             log(f"kws step {step} held-out accuracy {acc:.4f}", logfile)
             if acc >= best:
                 best = acc
-                model.save_pretrained(WORK / "kws_best")
+                model.save_pretrained(a.best_dir)
         if time.time() - t_save > a.save_every_s or done:
             save_state(a.state, model=model.state_dict(), opt=opt.state_dict(), step=step, best=best,
                        wall_s=wall + time.time() - t_start)
             t_save = time.time()
     log(f"kws done: step {step}, best held-out acc {best:.4f}, wall {wall + time.time() - t_start:.0f}s", logfile)
-    return WORK / "kws_best"
+    return a.best_dir
 
 
 if __name__ == "__main__":

@@ -16,22 +16,28 @@ from torch import nn
 SAMPLE_RATE = 16000
 
 
-def plan_length_groups(lengths: Sequence[int], batch_size: int | None = None,
-                       max_batch_samples: int | None = None) -> list[list[int]]:
-    """Indices sorted by length (longest first), cut into batches of at most `batch_size` items and at most
-    `max_batch_samples` padded samples (items x longest); an item longer than the bound runs alone."""
+def plan_length_groups(lengths: Sequence[int], batch_size: int | None = None, max_batch_samples: int | None = None,
+                       max_padding_fraction: float | None = None) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of at most `batch_size` items, at most
+    `max_batch_samples` padded samples (items x longest) and at most `max_padding_fraction` of those samples
+    padding; an item longer than the sample bound runs alone."""
     if batch_size is None and max_batch_samples is None:
         raise ValueError("give batch_size, max_batch_samples or both")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     groups: list[list[int]] = []
+    real = 0  # valid samples in groups[-1]
     for i in order:
         g = groups[-1] if groups else None
+        padded = (len(g) + 1) * lengths[g[0]] if g else 0
         fits = g is not None and (batch_size is None or len(g) < batch_size) and (
-            max_batch_samples is None or (len(g) + 1) * lengths[g[0]] <= max_batch_samples)
+            max_batch_samples is None or padded <= max_batch_samples) and (
+            max_padding_fraction is None or padded - (real + lengths[i]) <= max_padding_fraction * padded)
         if fits:
             g.append(i)
+            real += lengths[i]
         else:
             groups.append([i])
+            real = lengths[i]
     return groups
 
 
