@@ -143,9 +143,9 @@ def _wer(refs: list[str], hyps: list[str]) -> float:
                     reason=f"demo assets not built yet ({DEMO_MODEL}, {DEMO_CORPUS}): the bf16/int8 WER gate did NOT run")
 @pytest.mark.parametrize("precision", [
     "bf16",
-    # Known gap (performance issue still open): on the interim demo-ctc, int8 has measured both identical to fp32
-    # and 2 words (0.54 WER points) off, depending on the run; the gate is 0.5 points.
-    pytest.param("int8", marks=pytest.mark.xfail(strict=False, reason="int8 sometimes 0.54 WER points off fp32")),
+    # Known fragility: on the final demo-ctc int8 measured 0.27 WER points off fp32 (1 word of 370); the gate is
+    # 0.5 points, and earlier runs moved by 2 words between machines, so a miss is reported as XFAIL, a pass as XPASS.
+    pytest.param("int8", marks=pytest.mark.xfail(strict=False, reason="int8 is 1-2 words from the 0.5-point gate")),
 ])
 @torch.inference_mode()
 def test_bf16_and_int8_transcripts_match_fp32_on_demo_heldout(precision):

@@ -78,6 +78,22 @@ def augment(y: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None, p
     return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
+def reverberate(y: np.ndarray, rng: np.random.Generator, rt60: tuple[float, float] = (0.1, 0.7)) -> np.ndarray:
+    """A synthetic room: direct path + exponentially decaying noise tail (random RT60) and a random tilt EQ.
+    Synthesizers speak dry, into no microphone; real clips (phones, laptops, rooms) never are."""
+    t60 = rng.uniform(*rt60)
+    n = int(t60 * SR)
+    rir = rng.standard_normal(n).astype(np.float32) * np.exp(-6.9 * np.arange(n) / n).astype(np.float32)
+    rir *= np.float32(10 ** (rng.uniform(-12, -3) / 20) / (np.sqrt(np.sum(rir ** 2)) + 1e-9))  # reverb level
+    rir[0] = 1.0
+    size = 1 << int(np.ceil(np.log2(y.size + n)))
+    spec = np.fft.rfft(y, size) * np.fft.rfft(rir, size)
+    f = np.fft.rfftfreq(size, 1 / SR)
+    spec *= (np.maximum(f, 50.0) / 1000.0) ** rng.uniform(-0.5, 0.5)  # tilt: dull to bright microphones
+    out = np.fft.irfft(spec, size)[: y.size].astype(np.float32)
+    return out * np.float32((np.abs(y).max() + 1e-9) / (np.abs(out).max() + 1e-9))
+
+
 def perturb_speed(y: np.ndarray, rng: np.random.Generator, lo: float = 0.85, hi: float = 1.2) -> np.ndarray:
     """Resample-based speed perturbation: shifts pitch *and* formants (a crude vocal-tract-length change),
     widening the narrow formant range of espeak-ng voices towards real talkers."""

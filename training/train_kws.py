@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from sew_pipeline.models import SEWConfig, SEWForSequenceClassification
 from training.common import (WORK, Meter, UttSet, augment, collate, load_state, log, lr_at, param_count,
-                             perturb_speed, save_state)
+                             perturb_speed, reverberate, save_state)
 from training.synth import KWS_LABELS
 
 SR = 16000
@@ -63,9 +63,9 @@ class KwsSampler:
     second (e.g. Piper) word set with probability p_extra, from the espeak-ng set otherwise."""
 
     def __init__(self, words: UttSet, noise: np.ndarray, seed: int, p_speed: float = 0.0,
-                 extra: UttSet | None = None, p_extra: float = 0.0):
+                 extra: UttSet | None = None, p_extra: float = 0.0, p_room: float = 0.0):
         self.sets = [words] + ([extra] if extra is not None else [])
-        self.noise, self.p_speed, self.p_extra = noise, p_speed, p_extra
+        self.noise, self.p_speed, self.p_extra, self.p_room = noise, p_speed, p_extra, p_room
         self.by_label = [self._index(s) for s in self.sets]
         self.rng = np.random.default_rng(seed)
 
@@ -91,6 +91,8 @@ class KwsSampler:
                 w = self.sets[k].audio(int(rng.choice(self.by_label[k][lab])))
                 if rng.random() < self.p_speed:
                     w = perturb_speed(w, rng, 0.8, 1.25)
+                if rng.random() < self.p_room:
+                    w = reverberate(w, rng)
                 x = noise_floor(place(w, rng), rng, self.noise)
                 x = augment(x, rng, self.noise, p_noise=0.6, snr_db=(0.0, 30.0), p_tel=0.2)
             waves.append(x)
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> Path:
                     help="fine-tune: start from this exported model folder (fresh optimizer and schedule)")
     ap.add_argument("--extra-set", default=None, help="second word set to mix in, e.g. kws_piper (training.piper_synth)")
     ap.add_argument("--p-extra", type=float, default=0.35, help="share of word clips drawn from --extra-set")
+    ap.add_argument("--p-room", type=float, default=0.0, help="probability of synthetic room reverb + mic tilt EQ")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> Path:
         log(f"resumed at step {step}", logfile)
     log(f"KWS model: {param_count(model) / 1e6:.2f}M params; train words {len(words)}; eval {len(ev_waves)}", logfile)
     extra = UttSet(a.extra_set) if a.extra_set else None
-    sampler = KwsSampler(words, noise, seed=1000 + step, p_speed=a.p_speed, extra=extra, p_extra=a.p_extra)  # why: a resumed run does not replay the same batches
+    sampler = KwsSampler(words, noise, seed=1000 + step, p_speed=a.p_speed, extra=extra, p_extra=a.p_extra,
+                         p_room=a.p_room)  # why: a resumed run does not replay the same batches
     meter, t_save, t_start = Meter(), time.time(), time.time()
     model.train()
     while step < a.steps:

@@ -296,17 +296,20 @@ class FastSEW(nn.Module):
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 def _quantize_int8(fast: FastSEW) -> None:
-    """Dynamic int8 (per-channel weights) for the transformer layers' Linear modules, 94 % of the FLOPs.
+    """Dynamic int8 (per-channel weights) for the Linear modules of all transformer layers but the last.
 
-    The upsampling projection and the CTC/classifier heads stay fp32: quantising them too costs more accuracy
-    (logit cosine 0.9990 vs 0.9996 on random sew-tiny weights) than the ~3 % of compute they hold saves.
-    torch.ao is deprecated in torch 2.13 in favour of torchao, which is not a dependency here.
+    The last layer, the upsampling projection and the CTC/classifier heads stay fp32: their outputs reach the
+    logits with no later layer to average quantisation noise out. Measured on the demo held-out corpus: every
+    layer quantised 1.1 WER points off fp32, the last layer kept 0.27 (the gate is 0.5); on random sew-tiny
+    weights quantising the heads as well lowers logit cosine from 0.9996 to 0.9990. The last of 12 layers is
+    ~8 % of the transformer's FLOPs. torch.ao is deprecated in torch 2.13 in favour of torchao, not a dependency.
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
         warnings.simplefilter("ignore", DeprecationWarning)
-        quantize_dynamic(fast.layers, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+        for layer in list(fast.layers)[:-1]:
+            quantize_dynamic(layer, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
 def _cast_bf16(model: FastSEW) -> None:
