@@ -117,6 +117,15 @@ def test_bad_options_are_rejected(tiny):
         prepare_for_inference(tiny, "int8", device="meta")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny, monkeypatch, caplog, native):
+    from sew_pipeline.models import fast
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="sew_pipeline.models.fast"):
+        prepare_for_inference(tiny, "bf16")
+    assert ("emulated" in caplog.text) is (not native)
+
+
 def test_the_original_model_is_untouched():
     ref_model = model(**SMALL)
     before = {k: v.clone() for k, v in ref_model.state_dict().items()}
