@@ -133,3 +133,13 @@ def test_kws_sampler_mixes_the_extra_set_at_the_requested_share(tmp_path: Path):
     alone = make_set("espeak_only")
     KwsSampler(alone, np.zeros((4, 24000), np.float32), seed=0, p_extra=0.35).batch(50)
     assert alone.reads > 0  # without an extra set every word comes from the base set
+
+
+def test_reverberate_keeps_length_and_peak_and_adds_a_tail():
+    from training.common import reverberate
+    y = np.zeros(16000, np.float32)
+    y[1000:1400] = np.sin(np.arange(400) / 3).astype(np.float32) * 0.5
+    out = reverberate(y, np.random.default_rng(0))
+    assert out.shape == y.shape and out.dtype == np.float32
+    assert np.isclose(np.abs(out).max(), 0.5, rtol=1e-4)
+    assert np.abs(out[2000:6000]).max() > 1e-4  # energy after the dry signal ended: the room's tail

