@@ -131,7 +131,7 @@ def part_e2e(workdir: str, model_dir: str, threads: int, precision: str) -> dict
     """Pipeline wall-clock throughput vs the model alone on the same audio, same grouping, same threads."""
     import torch
     from sew_pipeline import ray_pipeline
-    from sew_pipeline.config import TranscribeConfig
+    from sew_pipeline.config import InferenceConfig, TranscribeConfig
     from sew_pipeline.models import FeatureExtractor, SEWForCTC
     from sew_pipeline.models.batching import grouped_forward, plan_length_groups
     from sew_pipeline.models.fast import prepare_for_inference
@@ -144,7 +144,9 @@ def part_e2e(workdir: str, model_dir: str, threads: int, precision: str) -> dict
     audio_s = sum(len(w) for w in waves) / SR
     model = prepare_for_inference(SEWForCTC.from_pretrained(model_dir).eval(), precision)
     lengths = [len(w) for w in waves]
-    groups = plan_length_groups(lengths, max_batch_samples=160 * SAMPLE_RATE, max_padding_fraction=0.08)  # pipeline default
+    inf = InferenceConfig()  # the pipeline's default grouping
+    groups = plan_length_groups(lengths, max_batch_samples=int(inf.max_batch_audio_s * SAMPLE_RATE),
+                                max_padding_fraction=inf.max_padding_fraction)
 
     def model_only() -> float:
         t0 = time.perf_counter()

@@ -27,6 +27,9 @@ def ctc_card(folder: Path, res: dict, train: dict, status: str) -> None:
     banner = "" if status == "final" else (
         f"\n> **{status.upper()} checkpoint.** Training is still in progress (step {train.get('steps')}); the figures below are what this early checkpoint measures, far from the target (held-out CER <= 8 %,\n"
         "> WER <= 30 %). It will be replaced by the finished model. `eval.json` marks whether it counts as functional.\n")
+    replan = (f" planned towards 12,000 steps; at step {train['sched_from']:,}, when a working session ended, the "
+              f"remaining cosine was re-planned to end at {train['sched_total']:,} steps so the run could finish in "
+              "the next session" if train.get("sched_from") else f" over {train.get('sched_total') or 12000:,} steps")
     (folder / "MODEL_CARD.md").write_text(f"""# demo-ctc: small SEW CTC model trained on synthetic speech ({status})
 {banner}
 **What it is.** A `SEWForCTC` ({params_of(folder):.2f} M parameters, {size_mb(folder):.1f} MB folder, fp16 weights run in
@@ -54,8 +57,7 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
 
 ## Training run
 {train.get('steps')} steps (epoch {train.get('epochs', 0)}), length-bucketed batches of <= 64 s of audio, AdamW (peak lr 7e-4,
-500 warm-up steps, cosine planned towards 12,000 steps; at step 2,783, when the first working session ended, the
-remaining cosine was shortened to end at {train.get('sched_total', 8000):,} steps so the run could finish inside the second one), grad-norm clip 1.0, speed/formant perturbation 0.85-1.2
+500 warm-up steps, cosine{replan}), grad-norm clip 1.0, speed/formant perturbation 0.85-1.2
 (p 0.5). Wall time {train.get('minutes', 0):.0f} min on {MACHINE}. (An earlier attempt with peak lr 8e-4, clip 5
 and 32 s batches diverged after ~580 steps (loss rose from the 2.93 blank plateau to 4.2) and was discarded.)
 

