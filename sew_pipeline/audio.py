@@ -256,6 +256,7 @@ class Chunk:
     num_windows: int
     audio: np.ndarray
     item_num_samples: int
+    channels: tuple[int, ...] = (-1,)  # every channel this item yields, in order (known before the first chunk)
 
 
 def _prescan_finite(src: _Source, uri: str | None) -> None:
@@ -289,13 +290,14 @@ def iter_chunks(row: Mapping[str, Any], *, window_s: float, overlap_s: float,
             windows = plan_windows(total, window_s, overlap_s, sr=sample_rate, stride=stride,
                                    align=align, frames_for=frames_for)
             bufs = [np.zeros(0, np.float32) for _ in src.chans]
+            chans = tuple(int(c) for c in src.chans)
             base, wi = 0, 0  # base: item sample index of bufs[*][0]
             for blocks in _resampled_blocks(src.snd, src.start, src.stop, src.chans, sample_rate, uri):
                 bufs = [np.concatenate([b, o]) for b, o in zip(bufs, blocks)]
                 while wi < len(windows) and windows[wi].end <= base + len(bufs[0]):
                     w = windows[wi]
                     for c, b in zip(src.chans, bufs):
-                        yield Chunk(c, w, len(windows), b[w.start - base:w.end - base].copy(), total)
+                        yield Chunk(c, w, len(windows), b[w.start - base:w.end - base].copy(), total, chans)
                     wi += 1
                     nxt = windows[wi].start if wi < len(windows) else base + len(bufs[0])
                     bufs = [b[nxt - base:] for b in bufs]

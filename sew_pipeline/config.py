@@ -271,9 +271,15 @@ class DecodeConfig:
     """Decode/resample/chunk stage (CPU tasks)."""
     batch_rows: int = opt(8, "manifest rows per decode task call")
     num_cpus: float = opt(1.0, "CPUs reserved per decode task")
-    memory_mb: int = opt(1024, "memory reserved per decode task (MiB); raise for very long files")
+    memory_mb: int = opt(1024, "memory reserved per decode task (MiB)")
+    slice_mb: float = opt(16.0, "a decode task sends long files on in slices of about this many MiB of "
+                                "16 kHz float32 windows (bounds memory for hours-long calls)")
     channels: str = opt("mix", "'mix' (downmix), 'split' (one item per channel) or a channel index")
     max_duration_s: Optional[float] = opt(None, "items longer than this are an error (null = no limit)")
+
+    def validate(self) -> None:
+        if self.batch_rows < 1 or self.num_cpus <= 0 or self.memory_mb <= 0 or self.slice_mb <= 0:
+            raise ConfigError("decode.batch_rows must be >= 1; num_cpus, memory_mb and slice_mb > 0")
 
 
 @dataclasses.dataclass

@@ -45,6 +45,8 @@ class DecodeStage:
         from sew_pipeline import storage
         self.cfg = cfg
         self.options = storage.storage_options(cfg.storage_options)
+        # A 2 h stereo call is ~0.9 GB of 16 kHz float32 windows: it leaves a decode task in slices.
+        self.slice_bytes = int(cfg.decode.slice_mb * 2**20)
         conv = model_config(cfg, self.options)
         kernels, strides = conv.get("conv_kernel"), conv.get("conv_stride")
         # Window starts on a whole squeezed frame, so pooling phase matches the unchunked run.
@@ -61,44 +63,60 @@ class DecodeStage:
         return to_table(rows, CHUNK_SCHEMA)
 
     def iter_tables(self, batch: pa.Table) -> Iterator[pa.Table]:
-        """One chunk table per manifest row, so a task holds one item's windows, not a batch's."""
+        """Chunk tables of about decode.slice_mb of audio each, so a decode task holds a bounded slice of a
+        long file, never the whole of it. An item's last table goes out only once its file has decoded to
+        the end: an item that fails mid-file can never complete from its chunks, and its error row
+        (item_failed) tells the assembler to discard the chunks already sent."""
         for row in batch.to_pylist():
-            yield to_table(self.decode_row(row), CHUNK_SCHEMA)
+            group: list[dict] = []
+            size = 0
+            for r in self.iter_rows(row):
+                if r.get("item_failed"):
+                    group = []  # held-back chunks of a failed item never leave
+                elif size >= self.slice_bytes:
+                    yield to_table(group, CHUNK_SCHEMA)
+                    group, size = [], 0
+                group.append(r)
+                size += len(r.get("audio") or b"")
+            if group:
+                yield to_table(group, CHUNK_SCHEMA)
 
     def decode_row(self, row: dict) -> list[dict]:
         """All chunk rows of one manifest row, or a single error row (never a partial item)."""
+        rows = list(self.iter_rows(row))
+        return rows[-1:] if rows and rows[-1].get("item_failed") else rows
+
+    def iter_rows(self, row: dict) -> Iterator[dict]:
+        """Chunk rows of one manifest row as they are decoded; on failure, an error row (item_failed)
+        after whatever chunks came before it. Memory: one window plus one decode block."""
         from sew_pipeline import audio, storage
         base = {"id": row["id"], "audio_uri": redact(str(row.get("audio_uri"))), "text": row.get("text"),
                 "split": row.get("split"), "speaker": row.get("speaker"),
                 "item_start_s": float(row.get("offset_s") or 0.0)}
         if not storage.allowed(row.get("audio_uri"), self.cfg.allowed_prefixes):
-            return [error_row(base, "not_allowed", f"not_allowed: {base['audio_uri']}: "
-                                                   "outside the configured allowed_prefixes")]
-        out: list[dict] = []
-        items: dict[int, int] = {}  # channel -> item_index, in the order iter_chunks yields them
-        try:  # windows are streamed: memory is one window plus one decode block, not the whole file
+            yield error_row(base, "not_allowed", f"not_allowed: {base['audio_uri']}: "
+                                                 "outside the configured allowed_prefixes")
+            return
+        try:
             for chunk in audio.iter_chunks(row, window_s=self.cfg.window_s, overlap_s=self.cfg.overlap_s,
                                            storage_options=self.options, sample_rate=SAMPLE_RATE,
                                            channels=_channels_mode(self.cfg.decode.channels),
                                            max_duration_s=self.cfg.decode.max_duration_s, stride=STRIDE,
                                            align=self.align, frames_for=self.frames_for):
-                out.append(self._chunk_row(base, chunk, items.setdefault(chunk.channel, len(items))))
-        except ItemError as exc:  # discard the item's chunks: an item is all rows or one error row
-            return [error_row(base, exc.error_type, exc.message)]
+                yield self._chunk_row(base, chunk)
+        except ItemError as exc:
+            yield error_row(base, exc.error_type, exc.message)
         except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
-            return [error_row(base, "internal", redact(f"internal: {base['audio_uri']}: decode failed: "
-                                                       f"{type(exc).__name__}: {exc}"))]
-        split = len(items) > 1 or next(iter(items), -1) != -1
-        for r in out:
-            r["num_items"] = len(items)
-            r["item_id"] = f"{row['id']}#c{r['channel']}" if split else row["id"]
-        return out
+            yield error_row(base, "internal", redact(f"internal: {base['audio_uri']}: decode failed: "
+                                                     f"{type(exc).__name__}: {exc}"))
 
     @staticmethod
-    def _chunk_row(base: dict, chunk: Any, item_index: int) -> dict:
-        w, start = chunk.window, base["item_start_s"]
-        return {**base, "channel": int(chunk.channel), "item_index": item_index, "chunk_index": w.index,
-                "num_chunks": chunk.num_windows, "start_s": start + w.start / SAMPLE_RATE,
+    def _chunk_row(base: dict, chunk: Any) -> dict:
+        w, start, chans = chunk.window, base["item_start_s"], chunk.channels
+        split = len(chans) > 1 or chans[0] != -1
+        return {**base, "item_id": f"{base['id']}#c{chunk.channel}" if split else base["id"],
+                "channel": int(chunk.channel), "item_index": chans.index(chunk.channel), "num_items": len(chans),
+                "chunk_index": w.index, "num_chunks": chunk.num_windows, "start_s": start + w.start / SAMPLE_RATE,
                 "end_s": start + w.end / SAMPLE_RATE, "item_duration_s": chunk.item_num_samples / SAMPLE_RATE,
                 "keep_start_frame": w.keep_start_frame, "keep_end_frame": w.keep_end_frame,
                 "start_frame": w.start // STRIDE,
@@ -119,10 +137,10 @@ def model_config(cfg: PipelineConfig, options: dict) -> dict:
 
 
 def error_row(base: dict, error_type: str, message: str) -> dict:
-    """The single row an item that failed before the model turns into."""
+    """The single output row of an item whose decoding failed; it supersedes any chunks already sent."""
     return {**base, "item_id": base["id"], "channel": -1, "item_index": 0, "num_items": 1,
             "chunk_index": 0, "num_chunks": 1, "item_duration_s": None, "start_s": base["item_start_s"],
-            "end_s": None, "error_type": error_type, "error": message}
+            "end_s": None, "error_type": error_type, "error": message, "item_failed": True}
 
 
 def decode_batch(batch: pa.Table, cfg: PipelineConfig) -> Iterator[pa.Table]:
@@ -283,8 +301,13 @@ class ItemAssembler:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []
         for row in batch.to_pylist():
-            if row["id"] in self.emitted:
-                log.warning("dropping a replayed row of id %s (already written)", row["id"])
+            if row["id"] in self.emitted:  # a replayed row, or a chunk sent before its item's decode failed
+                log.debug("dropping a row of id %s (already written)", row["id"])
+                continue
+            if row.get("item_failed"):  # decoding failed: this row is the id's whole output
+                self.pending.pop(row["id"], None)
+                self.emitted.add(row["id"])
+                out.extend(self.finish([row]))
                 continue
             rows = self.pending.setdefault(row["id"], {})
             rows[(row["item_index"], row["chunk_index"])] = row  # a replayed chunk overwrites itself

@@ -181,8 +181,12 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str) -> ray.d
     if "num_gpus" in resources:
         cfg.inference.use_gpu = "yes"
     predictor = predictor_class(cfg.task)
+    source = ray.data.from_arrow(manifest, override_num_blocks=blocks)
+    # Blocks of about two decode slices (Ray's default is 128 MiB): a long call then streams through the
+    # object store a slice at a time instead of queueing there whole (derived datasets inherit this context).
+    source.context.target_max_block_size = int(2 * cfg.decode.slice_mb * 2**20)
     return (
-        ray.data.from_arrow(manifest, override_num_blocks=blocks)
+        source
         .map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_rows,
                      batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
                      memory=cfg.decode.memory_mb * 2**20, max_retries=TASK_RETRIES)

@@ -60,6 +60,7 @@ CHUNK_SCHEMA = pa.schema([
     ("start_frame", pa.int64()),         # window start in 20 ms frames of the item timeline
     ("audio", pa.binary()), ("text", pa.string()), ("split", pa.string()), ("speaker", pa.string()),
     ("error_type", pa.string()), ("error", pa.string()),
+    ("item_failed", pa.bool_()),         # decoding failed: the id's only row; chunks already sent are void
 ])
 
 SUMMARY_COLUMNS = ["id", "error_type", "duration_s", "frames", "padded_frames"]

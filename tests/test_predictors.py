@@ -136,3 +136,59 @@ def test_label_stereo_ulaw_call_gives_windows_and_aggregates_per_channel(tmp_pat
             assert 0 < r["score"] <= 1 and r["error_type"] is None
     calls = [r for r in rows if r["level"] == "call"]
     assert len(calls) == 1 and calls[0]["channel"] == -1 and calls[0]["num_windows"] == len(rows) - 3
+
+
+def _corrupt_middle(path, at=0.75):
+    """A FLAC whose bytes from ``at`` of the way in are garbage: it opens and decodes until there."""
+    data = bytearray(open(path, "rb").read())
+    start = int(len(data) * at)
+    data[start:start + 4000] = bytes((b * 7 + 13) % 256 for b in data[start:start + 4000])
+    open(path, "wb").write(bytes(data))
+    return str(path)
+
+
+def test_long_items_leave_decode_in_bounded_slices_and_a_mid_file_failure_voids_its_chunks(tmp_path, tiny_ctc_dir):
+    good = _wav(tmp_path / "good.flac", 60.0, seed=1)
+    bad = _corrupt_middle(_wav(tmp_path / "bad.flac", 60.0, seed=2))
+    window_bytes = 8 * 16000 * 4
+    cfg = _cfg(TranscribeConfig, tiny_ctc_dir, "window_s=8", "overlap_s=1", f"decode.slice_mb={2.5 * window_bytes / 2**20}")
+    decode = DecodeStage(cfg)
+    manifest = _manifest([("good", good), ("bad", bad)])
+    tables = list(decode.iter_tables(manifest))
+
+    def audio_bytes(t):
+        return sum(len(a or b"") for a in t.column("audio").to_pylist())
+    good_tables = [t for t in tables if t.column("id")[0].as_py() == "good"]
+    assert len(good_tables) >= 3 and all(audio_bytes(t) <= 3 * window_bytes for t in good_tables)
+    # sliced, the item is exactly the rows of the all-at-once decode
+    whole = decode(manifest.slice(0, 1)).to_pylist()
+    assert pa.concat_tables(good_tables).to_pylist() == whole and len(whole) == whole[0]["num_chunks"]
+    # the corrupt file: some windows went out before the failure, then one error row; what went out can
+    # never complete the item on its own
+    bad_rows = pa.concat_tables([t for t in tables if t.column("id")[0].as_py() == "bad"]).to_pylist()
+    sent, last = bad_rows[:-1], bad_rows[-1]
+    assert last["item_failed"] and last["error_type"] == "unreadable" and last["audio"] is None
+    assert 0 < len(sent) < sent[0]["num_chunks"] and not any(r["item_failed"] for r in sent)
+    [alone] = decode.decode_row({"id": "bad", "audio_uri": bad})  # the list form: the error row only
+    assert alone["item_failed"] and alone["error"] == last["error"]
+
+    predictor = CTCPredictor(cfg)
+    preds = pa.concat_tables([predictor(t) for t in tables]).to_pylist()
+    error_pos = next(i for i, r in enumerate(preds) if r["item_failed"])
+    expected_text = _run_stages(cfg, manifest.slice(0, 1), CTCPredictor)[1].column("text")[0].as_py()
+    for order in ("error first", "error last", "shuffled"):
+        rows = list(preds)
+        if order == "error first":
+            rows.insert(0, rows.pop(error_pos))
+        elif order == "error last":
+            rows.append(rows.pop(error_pos))
+        else:
+            random.Random(4).shuffle(rows)
+        assembler = ItemAssembler(cfg, run_id="test")
+        out = pa.concat_tables([assembler(pa.Table.from_pylist(rows[i:i + 2], schema=PREDICTION_SCHEMA))
+                                for i in range(0, len(rows), 2)]).to_pylist()
+        assert sorted(r["id"] for r in out) == ["bad", "good"], order  # exactly once each
+        result = {r["id"]: r for r in out}
+        assert result["bad"]["error_type"] == "unreadable" and result["bad"]["text"] is None
+        assert result["good"]["text"] == expected_text and result["good"]["error_type"] is None
+        assert not assembler.pending, order

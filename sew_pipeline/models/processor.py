@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads on first use: decode workers and the assembler never need it
+    import torch
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
 VOCAB_NAME = "vocab.json"
@@ -73,6 +75,7 @@ class FeatureExtractor:
         for i, r in enumerate(rows):
             values[i, : len(r)] = r
             mask[i, : len(r)] = 1
+        import torch
         return {"input_values": torch.from_numpy(values),
                 "attention_mask": torch.from_numpy(mask) if want_mask else None}
 
@@ -132,7 +135,7 @@ class CTCTokenizer:
 
         A word starts at the first frame of its first character and ends after the last frame of its last one.
         """
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "tolist"):  # a torch tensor or numpy array
             ids = ids.tolist()
         words: list[tuple[str, float, float]] = []
         chars: list[str] = []

@@ -60,6 +60,15 @@ def unsupported_codec_wav() -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def corrupt_late_flac(seconds: float = 19.0, at: float = 0.9) -> bytes:
+    """A FLAC that decodes cleanly for ``at`` of its bytes, then turns to garbage: it fails mid-stream,
+    after a long item's first windows have already been sent on."""
+    data = bytearray(wav_bytes(seconds, fmt="FLAC", seed=8))
+    start = int(len(data) * at)
+    data[start:start + 2000] = bytes((b * 7 + 13) % 256 for b in data[start:start + 2000])
+    return bytes(data)
+
+
 def fault_files() -> dict[str, tuple[bytes, str | None]]:
     """name -> (bytes, expected error_type or None for a good row that must get text)."""
     nan = tone(2.0)
@@ -71,6 +80,7 @@ def fault_files() -> dict[str, tuple[bytes, str | None]]:
     return {
         "corrupt_header.wav": (pcm[:22] + b"\xff" * 14 + pcm[36:], "unreadable"),  # PCM tag, garbage fields
         "truncated.flac": (flac[: len(flac) // 2], "unreadable"),
+        "corrupt_late.flac": (corrupt_late_flac(), "unreadable"),
         "zero_length.wav": (b"", "empty"),
         "silence.wav": (wav_bytes(2.0, samples=np.zeros(32000, np.float32)), None),
         "nan.wav": (wav_bytes(2.0, subtype="FLOAT", samples=nan), "non_finite"),

@@ -69,7 +69,9 @@ def test_mixed_faults_exactly_once_with_actor_kill(ray_session, s3_iam, tiny_ctc
                 "--set", f"model={tiny_ctc_dir}", "--set", f"storage_options={json.dumps(options)}",
                 "--set", "allowed_prefixes=[s3://corpus/good, s3://corpus/faults, s3://private]",
                 "--set", "decode.max_duration_s=20", "--set", "window_s=8", "--set", "overlap_s=1",
-                "--set", "decode.batch_rows=2", "--set", "inference.batch_rows=2"]
+                "--set", "decode.batch_rows=2", "--set", "inference.batch_rows=2",
+                # one 8 s window per slice: corrupt_late.flac sends its first window before it fails
+                "--set", "decode.slice_mb=0.4"]
         # Once output is flowing: SIGKILL the inference actor, and the assembler (losing the ids it buffers).
         killers = [ActorKiller(name, ready=lambda: any(out.glob("*.parquet"))) for name in ("CTCPredictor",
                                                                                             "ItemAssembler")]
