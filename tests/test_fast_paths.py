@@ -14,7 +14,7 @@ from sew_pipeline import metrics
 from sew_pipeline.models import CTCTokenizer, FeatureExtractor, SEWConfig, SEWForCTC, SEWForSequenceClassification
 from sew_pipeline.models.batching import (fixed_groups, grouped_forward, librispeech_like_durations, padded_fraction,
                                           plan_length_groups)
-from sew_pipeline.models.fast import prepare_for_inference
+from sew_pipeline.models.fast import GroupNormConv, prepare_for_inference
 
 TINY = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12, vocab_size=32)
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, vocab_size=32,
@@ -53,6 +53,25 @@ def test_fp32_fast_path_matches_the_reference(tiny, tiny_input):
     fast = prepare_for_inference(tiny, "fp32")(tiny_input).logits
     assert fast.shape == ref.shape and fast.dtype == torch.float32
     assert (fast - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("act", [torch.nn.GELU(), torch.nn.ReLU(), torch.nn.SiLU()])
+@torch.inference_mode()
+def test_group_norm_folded_into_the_conv_matches_conv_norm_act_per_row(act):
+    torch.manual_seed(3)
+    conv = torch.nn.Conv1d(1, 16, 10, 5, bias=True)  # a bias, which the norm must cancel
+    norm = torch.nn.GroupNorm(16, 16)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    torch.nn.init.uniform_(norm.bias, -0.3, 0.3)
+    x = torch.randn(3, 4000) * torch.tensor([[1.0], [0.01], [5.0]]) + 0.2  # scales and an offset
+    samples = torch.tensor([4000, 2500, 900])
+    frames = torch.div(samples - 10, 5, rounding_mode="floor") + 1
+    out = GroupNormConv(conv, norm, act)(x[:, :, None], frames)  # [B, T', C]
+    for b, n in enumerate(samples.tolist()):  # each row as if alone: statistics over its own samples only
+        alone = act(norm(conv(x[b:b + 1, None, :n])))[0].T  # [T'_b, C]
+        assert torch.allclose(out[b, : frames[b]], alone, atol=1e-4, rtol=1e-4), b
+    assert torch.allclose(GroupNormConv(conv, norm, act)(x[:1, :, None], None)[0], act(norm(conv(x[:1, None])))[0].T,
+                          atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

@@ -134,20 +134,55 @@ class _ReferenceLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # feature encoder with a length-aware first-layer GroupNorm
 # ---------------------------------------------------------------------------------------------------------------
-def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Per-channel GroupNorm (num_groups == channels) of channels-last [B, T, C] over each row's first
-    `lengths` steps (all steps when None), computed in fp32."""
-    xf = x.float()
-    if lengths is None:  # mean, centre, norm: two cheap passes (var_mean over dim 1 is ~2x slower here)
-        centred = xf - xf.mean(1, keepdim=True)
-        var = torch.linalg.vector_norm(centred, dim=1, keepdim=True).square() / x.shape[1]
-    else:
-        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
-        n = lengths.clamp(min=1).to(torch.float32)[:, None, None]
-        centred = xf - xf.masked_fill(~valid, 0.0).sum(1, keepdim=True) / n
-        var = torch.linalg.vector_norm(centred.masked_fill(~valid, 0.0), dim=1, keepdim=True).square() / n
-    scale = torch.rsqrt(var + norm.eps) * norm.weight                 # [B, 1, C]
-    return torch.addcmul(norm.bias, centred, scale).to(x.dtype)
+class GroupNormConv(nn.Module):
+    """Conv1d + per-channel GroupNorm (statistics over each row's first `lengths` steps) + activation, as one
+    batched GEMM over channels-last [B, T, C_in] input, writing the output once.
+
+    GroupNorm of a linear map needs only its input's statistics: with the im2col rows r_t (K = k * C_in wide),
+    channel c's mean is mean(r) . w_c and its variance is w_c^T Cov(r) w_c, a K x K covariance (10 x 10 for the
+    raw-sample layer). The normalisation then folds into per-row weights and bias; against conv -> norm -> act
+    this skips four passes over the largest activation of the model (~4x faster for that layer, ~9 % of a
+    sew-tiny forward, and closer to float64: statistics come from the small input, not the rounded output).
+    """
+
+    def __init__(self, conv: nn.Conv1d, norm: nn.GroupNorm, act: nn.Module):
+        super().__init__()
+        self.k, self.s = conv.kernel_size[0], conv.stride[0]
+        weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, -1)  # [C_out, K], tap-major
+        self.weight = nn.Parameter(weight.float().contiguous(), requires_grad=False)
+        ones, zeros = torch.ones(conv.out_channels), torch.zeros(conv.out_channels)
+        self.gamma = nn.Parameter((ones if norm.weight is None else norm.weight.detach()).float(), requires_grad=False)
+        self.beta = nn.Parameter((zeros if norm.bias is None else norm.bias.detach()).float(), requires_grad=False)
+        self.eps, self.act, self.spec = norm.eps, act, _act_spec(act)  # the conv bias cancels in the norm
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:  # [B, T, C] -> [B, T', C_out]
+        B, T, C = x.shape
+        t_out, K = (T - self.k) // self.s + 1, self.k * C
+        # im2col plus a column of ones, which carries the folded bias through the GEMM (no broadcast pass)
+        cols = torch.empty(B, t_out, K + 1, dtype=x.dtype, device=x.device)
+        cols[..., :K] = x.as_strided((B, t_out, K), (T * C, self.s * C, 1))
+        cols[..., K] = 1.0
+        colsf = cols[..., :K].float()
+        if lengths is None:
+            mean = colsf.mean(1)                                                     # [B, K]
+            centred = colsf - mean[:, None]
+            n = torch.full((B,), float(t_out), device=x.device)
+        else:
+            valid = (torch.arange(t_out, device=x.device)[None, :] < lengths[:, None])[..., None]  # [B, T', 1]
+            n = lengths.clamp(min=1).to(torch.float32)
+            mean = colsf.masked_fill(~valid, 0.0).sum(1) / n[:, None]
+            centred = (colsf - mean[:, None]).masked_fill(~valid, 0.0)
+        cov = torch.bmm(centred.transpose(1, 2), centred) / n[:, None, None]         # [B, K, K]
+        var = torch.einsum("bkl,ck,cl->bc", cov, self.weight, self.weight)          # [B, C_out]
+        scale = self.gamma * torch.rsqrt(var + self.eps)
+        shift = self.beta - (mean @ self.weight.T) * scale
+        weights = torch.cat([(self.weight[None] * scale[:, :, None]).transpose(1, 2), shift[:, None, :]], 1)
+        y = torch.bmm(cols, weights.to(x.dtype))                                     # [B, T', C_out]
+        if self.spec is not None and self.spec[0] == "gelu":
+            return torch.ops.aten.gelu_(y, approximate=self.spec[1])
+        if self.spec is not None and self.spec[0] == "relu":
+            return y.relu_()
+        return self.act(y)
 
 
 class ConvAsLinear(nn.Module):
@@ -182,20 +217,22 @@ class FastFeatureEncoder(nn.Module):
         for l in layers:
             if l.norm_kind == "group" and l.layer_norm.num_groups != l.layer_norm.num_channels:
                 raise ValueError("fast path expects a per-channel GroupNorm (num_groups == channels)")
-        self.norms = nn.ModuleList(l.layer_norm if l.norm_kind else nn.Identity() for l in layers)
+        self.norms = nn.ModuleList(l.layer_norm if l.norm_kind == "layer" else nn.Identity() for l in layers)
         self.acts = nn.ModuleList(l.activation for l in layers)
-        self.convs = nn.ModuleList(ConvAsLinear(l.conv, None if l.norm_kind else l.activation) for l in layers)
+        self.convs = nn.ModuleList(GroupNormConv(l.conv, l.layer_norm, l.activation) if l.norm_kind == "group"
+                                   else ConvAsLinear(l.conv, None if l.norm_kind else l.activation) for l in layers)
         self.kernels = [(l.conv.kernel_size[0], l.conv.stride[0]) for l in layers]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         x = x[:, :, None]                                            # [B, S, 1]: samples are channels-last too
         for conv, norm, act, (k, s) in zip(self.convs, self.norms, self.acts, self.kernels):
-            x = conv(x)
             if lengths is not None:
                 lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-            if isinstance(norm, nn.GroupNorm):
-                x = act(masked_group_norm(norm, x, lengths))
-            elif isinstance(norm, nn.LayerNorm):
+            if isinstance(conv, GroupNormConv):
+                x = conv(x, lengths)
+                continue
+            x = conv(x)
+            if isinstance(norm, nn.LayerNorm):
                 x = act(_norm(norm, x))
         return x
 
@@ -316,8 +353,10 @@ def _quantize_int8(fast: FastSEW) -> None:
 
 
 def _cast_bf16(model: FastSEW) -> None:
-    """Everything to bf16 except normalisation parameters (norms compute in fp32)."""
-    keep = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for p in m.parameters()}
+    """Everything to bf16 except normalisation parameters (norms compute in fp32; GroupNormConv folds its
+    norm into bf16 weights per call from fp32 ones)."""
+    norms = (nn.LayerNorm, nn.GroupNorm, GroupNormConv)
+    keep = {id(p) for m in model.modules() if isinstance(m, norms) for p in m.parameters()}
     for p in model.parameters():
         if id(p) not in keep:
             p.data = p.data.to(torch.bfloat16)
