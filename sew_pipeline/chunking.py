@@ -64,11 +64,14 @@ def plan_windows(num_samples: int, window_s: float, overlap_s: float, sr: int = 
                  align: int = 640, frames_for: Callable[[int], int] | None = None) -> list[Window]:
     """Windows covering [0, num_samples) whose keep ranges tile [0, frames_for(num_samples)) exactly.
 
-    Window length and hop are rounded down to multiples of `align`; the overlap is at least `align`
-    samples (a window's last conv frame needs receptive-field samples past its start). Regular windows
-    start at k * hop; the last one ends exactly at num_samples, its start rounded up to `align`
-    (so it may be slightly shorter). `frames_for` maps a sample count to the model's frame count
-    (default: the SEW conv stack); it must be the model's own formula for stitching to be exact.
+    The fewest windows of at most `window_s` that overlap by at least `overlap_s` (both rounded to `align`;
+    the overlap is at least `align` samples: a window's last conv frame needs receptive-field samples past its
+    start), all of one length L (the last one ends exactly at num_samples, up to `align` shorter): a 60 s item
+    in 30 s windows is three ~22 s windows (64 s of model input), not two full ones plus a full last one
+    (90 s), and equal lengths batch without padding. (Windows barely longer than the overlap fall back to
+    full windows at a regular hop.) Starts are multiples of `align`. `frames_for` maps a
+    sample count to the model's frame count (default: the SEW conv stack); it must be the model's own
+    formula for stitching to be exact.
     """
     if align % stride:
         raise ValueError(f"align ({align}) must be a multiple of stride ({stride})")
@@ -80,12 +83,22 @@ def plan_windows(num_samples: int, window_s: float, overlap_s: float, sr: int = 
     if overlap >= win:
         raise ValueError(f"overlap_s ({overlap_s}) must be shorter than window_s ({window_s}) "
                          f"after aligning to {align} samples")
-    hop = win - overlap
     if n <= win:
         return [Window(0, 0, n, 0, total, stride)]
-    starts = list(range(0, n - win, hop))  # regular windows end before n
-    starts.append(-(-(n - win) // align) * align)  # final window ends exactly at n
-    bounds = [(s, min(s + win, n)) for s in starts]
+    hop = win - overlap
+    if hop < 3 * align:  # too tight to spread evenly: regular hops of `win`
+        length, starts = win, list(range(0, n - win, hop))
+    else:
+        count = -(-(n - overlap) // hop)  # fewest windows of `win` with `overlap` between them
+        while True:
+            # L: the shared length, with one `align` of slack so rounding starts down keeps every overlap
+            length = -(-(n + (count - 1) * overlap) // (count * align)) * align + align
+            if length <= win:
+                break
+            count += 1
+        starts = [(k * (n - length) // (count - 1)) // align * align for k in range(count - 1)]
+    starts.append(-(-(n - length) // align) * align)  # the last window ends exactly at n
+    bounds = [(s, min(s + length, n)) for s in starts]
     # Boundary between neighbours: the middle of their overlap, where both are equally central.
     cuts = [0]
     for (s0, e0), (s1, _) in zip(bounds, bounds[1:]):

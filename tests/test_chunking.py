@@ -20,6 +20,14 @@ def check_plan(n: int, window_s: float, overlap_s: float, sr: int = 16000) -> li
     for a, b in zip(ws, ws[1:]):
         assert a.keep_end_frame == b.keep_start_frame  # no gap, no overlap
         assert a.start < b.start and b.start < a.end  # windows overlap, so nothing is uncovered
+    win = max(640, int(window_s * sr) // 640 * 640)
+    overlap = max(640, -(-int(overlap_s * sr) // 640) * 640)
+    lengths = [w.end - w.start for w in ws]
+    if len(ws) > 1 and win - overlap >= 3 * 640:
+        assert max(lengths) - min(lengths) <= 640  # one length: windows batch without padding
+        # model input is the audio plus the overlaps (each at most overlap + rounding), not full windows
+        assert sum(lengths) <= n + (len(ws) - 1) * (overlap + 5 * 640)
+        assert len(ws) <= -(-(n - overlap) // (win - overlap - 2 * 640))  # the fewest, but for rounding slack
     for w in ws:
         assert w.start % 640 == 0
         assert w.end - w.start <= max(640, int(window_s * sr) // 640 * 640) or len(ws) == 1
