@@ -295,7 +295,7 @@ class PipelineConfig:
     ray_address: Optional[str] = opt(None, "Ray cluster to join; null = RAY_ADDRESS or a local Ray")
     limit: Optional[int] = opt(None, "process only the first N manifest rows (smoke runs)")
     resume: bool = opt(True, "skip ids already present in the output (false: the output must be empty)")
-    window_s: float = opt(30.0, "long audio is cut into windows of this length")
+    window_s: float = opt(30.0, "long audio is cut into equal windows of at most this length")
     overlap_s: float = opt(2.0, "overlap between consecutive windows")
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig, metadata={"help": "decode stage"})
     inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig,
@@ -323,7 +323,7 @@ class TranscribeConfig(PipelineConfig):
 class LabelConfig(PipelineConfig):
     """jobs/label_archive.py: windowed classification of (call-center) audio."""
     model: str = opt("demo-kws", "checkpoint folder or URI, or a shipped default (demo-ctc, demo-kws)")
-    window_s: float = opt(1.0, "classification window length in seconds")
+    window_s: float = opt(1.0, "classification windows: at most this long (s), all of one length")
     overlap_s: float = opt(0.25, "overlap between consecutive windows")
     decode: DecodeConfig = dataclasses.field(default_factory=lambda: DecodeConfig(channels="split"),
                                              metadata={"help": "decode stage (channels split by default)"})
