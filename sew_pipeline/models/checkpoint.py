@@ -104,14 +104,26 @@ class PretrainedMixin:
                         dtype: torch.dtype | None = None) -> M:
         uri = str(path_or_uri)
         config_dict, state, digest = read_checkpoint_files(uri, storage_options)
-        model = cls(SEWConfig.from_dict(config_dict))
-        model.load_checkpoint_state(state, source=uri)
+        config = SEWConfig.from_dict(config_dict)
+        with torch.device("meta"):  # shapes only: no random init of weights the checkpoint replaces anyway
+            model = cls(config)
+        state, missing = model.match_checkpoint_state(state, source=uri)
+        if missing:  # weights absent from the checkpoint (a new head) are initialised fresh: build it for real
+            log.warning("%s: initialised fresh (not in checkpoint): %s", uri, ", ".join(missing))
+            model = cls(config)
+            model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+        else:
+            own = model.state_dict()  # type: ignore[attr-defined]
+            model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, assign=True)  # type: ignore[attr-defined]
         model.checkpoint_sha256 = digest
         if dtype is not None:
             model.to(dtype)
         return model.eval()
 
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    def match_checkpoint_state(self, state: dict[str, torch.Tensor], source: str = "state dict"
+                               ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """The checkpoint's tensors under our key names, and our keys it lacks; raises CheckpointError when a
+        base weight is missing, a key is unknown, or a shape differs."""
         prefix = "" if type(self).__name__ == "SEWModel" else "sew."
         state = to_our_keys(state, prefix)
         own = self.state_dict()  # type: ignore[attr-defined]
@@ -129,9 +141,7 @@ class PretrainedMixin:
             if key in own and own[key].shape != state[key].shape:
                 raise CheckpointError(f"{source}: {key} has shape {tuple(state[key].shape)}, "
                                       f"model expects {tuple(own[key].shape)}")
-        if missing:
-            log.warning("%s: initialised fresh (not in checkpoint): %s", source, ", ".join(missing))
-        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)  # type: ignore[attr-defined]
+        return {k: v for k, v in state.items() if k in own}, missing
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json + model.safetensors in the layout transformers reads."""

@@ -58,8 +58,9 @@ class FusedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act: nn.Module | None = None):
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        # no copy: callers hand over the private deep copy that prepare_for_inference made
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         spec = _act_spec(act)
         self.spec = spec or ("none", "")
         self.post_act = act if spec is None else None  # unfusable activation runs afterwards
