@@ -50,7 +50,9 @@ def tiny_input():
 @torch.inference_mode()
 def test_fp32_fast_path_matches_the_reference(tiny, tiny_input):
     ref = tiny(tiny_input).logits
-    fast = prepare_for_inference(tiny, "fp32")(tiny_input).logits
+    prepared = prepare_for_inference(tiny, "fp32")
+    assert prepared.layers[0].qkv.weight.is_mkldnn  # weights pre-packed for oneDNN once, on CPU
+    fast = prepared(tiny_input).logits
     assert fast.shape == ref.shape and fast.dtype == torch.float32
     assert (fast - ref).abs().max().item() <= 1e-4
 
