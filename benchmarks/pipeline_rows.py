@@ -198,7 +198,8 @@ def part_stages(model_dir: str, audios: str, threads: int, precision: str) -> di
     import pyarrow as pa
     import torch
     from sew_pipeline.config import TranscribeConfig
-    from sew_pipeline.predictors import CTCPredictor, DecodeStage, ItemAssembler
+    from sew_pipeline.assembly import ItemAssembler
+    from sew_pipeline.predictors import CTCPredictor, DecodeStage
     torch.set_num_threads(threads)
     cfg = _cfg(TranscribeConfig, manifest="unused", output="unused", model=model_dir,
                **{"inference.precision": precision, "inference.cpus_per_actor": threads})

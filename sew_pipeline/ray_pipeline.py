@@ -24,7 +24,8 @@ from ray.data.datasource import FilenameProvider
 from sew_pipeline import storage
 from sew_pipeline.config import LabelConfig, PipelineConfig, TranscribeConfig, redacted_dict
 from sew_pipeline.errors import redact
-from sew_pipeline.predictors import ItemAssembler, decode_batch, predictor_class
+from sew_pipeline.assembly import ItemAssembler
+from sew_pipeline.predictors import decode_batch, predictor_class
 from sew_pipeline.results import ResultStore
 from sew_pipeline.schema import output_schema
 from sew_pipeline.summary import SUMMARY_COLUMNS, format_table, summarize

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 
 from sew_pipeline.config import LabelConfig, TranscribeConfig, load_config
-from sew_pipeline.predictors import (PREDICTION_SCHEMA, ClassifierPredictor, CTCPredictor, DecodeStage,
-                                     ItemAssembler)
+from sew_pipeline.assembly import ItemAssembler
+from sew_pipeline.predictors import PREDICTION_SCHEMA, ClassifierPredictor, CTCPredictor, DecodeStage
 from sew_pipeline.models.batching import plan_length_groups
 from sew_pipeline.schema import CLASSIFICATION_SCHEMA, CTC_SCHEMA
 

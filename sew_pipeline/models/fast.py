@@ -4,10 +4,9 @@ The plain SEWForCTC / SEWForSequenceClassification stay the exact fp32 reference
 wraps a prepared copy of the same weights and keeps their call contract (`model(input_values, attention_mask)
 .logits`, `model.output_lengths(n)`, `model.config`):
 
-* fp32: each Linear runs as one oneDNN call with its bias, activation (GELU) and residual add fused; Q, K and V
-  are one GEMM; the conv feature encoder runs channels-last as GEMMs; the weight-normed positional conv weight
-  is computed once and runs as a channels-last grouped conv. On this CPU oneDNN's fp32 GEMM is ~2x the MKL
-  sgemm behind `addmm`, and the fusions drop the bias-broadcast copies, GELU and residual-add passes.
+* fp32: each Linear is one oneDNN call with its bias, GELU and residual add fused and its weight pre-packed;
+  Q, K and V are one GEMM; the conv feature encoder runs channels-last as GEMMs, its first GroupNorm folded into
+  the GEMM; the weight-normed positional conv runs as a channels-last grouped conv.
 * bf16: weights and activations in bf16 (oneDNN avx512-bf16/AMX on CPU, tensor cores on GPU); LayerNorm,
   GroupNorm and the attention softmax compute in fp32 (sdpa accumulates in fp32 internally); logits come back
   fp32.

@@ -13,7 +13,8 @@ import pytest
 from sew_pipeline import storage
 from sew_pipeline.config import TranscribeConfig, load_config
 from sew_pipeline.errors import ERROR_TYPES
-from sew_pipeline.predictors import CTCPredictor, DecodeStage, ItemAssembler
+from sew_pipeline.assembly import ItemAssembler
+from sew_pipeline.predictors import CTCPredictor, DecodeStage
 from sew_pipeline.summary import summarize
 from tests.reliability.conftest import wav_bytes
 
