@@ -14,6 +14,7 @@ from sew_pipeline.assembly import ItemAssembler
 from sew_pipeline.predictors import PREDICTION_SCHEMA, ClassifierPredictor, CTCPredictor, DecodeStage
 from sew_pipeline.models.batching import plan_length_groups
 from sew_pipeline.schema import CLASSIFICATION_SCHEMA, CTC_SCHEMA
+from tests.reliability.conftest import corrupt_late_flac
 
 LIBRI = "tests/data/LibriSpeech/dev-clean/1272/128104/1272-128104-0000.flac"
 
@@ -138,18 +139,10 @@ def test_label_stereo_ulaw_call_gives_windows_and_aggregates_per_channel(tmp_pat
     assert len(calls) == 1 and calls[0]["channel"] == -1 and calls[0]["num_windows"] == len(rows) - 3
 
 
-def _corrupt_middle(path, at=0.75):
-    """A FLAC whose bytes from ``at`` of the way in are garbage: it opens and decodes until there."""
-    data = bytearray(open(path, "rb").read())
-    start = int(len(data) * at)
-    data[start:start + 4000] = bytes((b * 7 + 13) % 256 for b in data[start:start + 4000])
-    open(path, "wb").write(bytes(data))
-    return str(path)
-
-
 def test_long_items_leave_decode_in_bounded_slices_and_a_mid_file_failure_voids_its_chunks(tmp_path, tiny_ctc_dir):
     good = _wav(tmp_path / "good.flac", 60.0, seed=1)
-    bad = _corrupt_middle(_wav(tmp_path / "bad.flac", 60.0, seed=2))
+    (tmp_path / "bad.flac").write_bytes(corrupt_late_flac(60.0, at=0.75))
+    bad = str(tmp_path / "bad.flac")
     window_bytes = 8 * 16000 * 4
     cfg = _cfg(TranscribeConfig, tiny_ctc_dir, "window_s=8", "overlap_s=1", f"decode.slice_mb={2.5 * window_bytes / 2**20}")
     decode = DecodeStage(cfg)
