@@ -269,7 +269,7 @@ class InferenceConfig:
 @dataclasses.dataclass
 class DecodeConfig:
     """Decode/resample/chunk stage (CPU tasks)."""
-    batch_rows: int = opt(8, "manifest rows per decode task call")
+    batch_rows: int = opt(32, "manifest rows per decode task call (one output block for short items)")
     num_cpus: float = opt(1.0, "CPUs reserved per decode task")
     memory_mb: int = opt(1024, "memory reserved per decode task (MiB)")
     slice_mb: float = opt(16.0, "a decode task sends long files on in slices of about this many MiB of "
@@ -280,6 +280,19 @@ class DecodeConfig:
     def validate(self) -> None:
         if self.batch_rows < 1 or self.num_cpus <= 0 or self.memory_mb <= 0 or self.slice_mb <= 0:
             raise ConfigError("decode.batch_rows must be >= 1; num_cpus, memory_mb and slice_mb > 0")
+
+
+@dataclasses.dataclass
+class FinalizeConfig:
+    """Post-model CPU stage (stitching, text, labels, aggregates) and the Parquet writer."""
+    num_cpus: float = opt(0.25, "CPUs reserved per finalize task (stateless: as many run as the cluster fits)")
+    merge_actors: int = opt(2, "keyed-merge actors (sharded by id) for ids whose rows span blocks (long items)")
+    rows_per_file: int = opt(100_000, "output rows gathered per Parquet file (fewer, larger objects; a killed job "
+                                      "keeps every file already written and redoes the rest on resume)")
+
+    def validate(self) -> None:
+        if self.num_cpus < 0 or self.merge_actors < 1 or self.rows_per_file < 1:
+            raise ConfigError("finalize.num_cpus must be >= 0; merge_actors and rows_per_file >= 1")
 
 
 @dataclasses.dataclass
@@ -300,6 +313,8 @@ class PipelineConfig:
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig, metadata={"help": "decode stage"})
     inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig,
                                                    metadata={"help": "model stage"})
+    finalize: FinalizeConfig = dataclasses.field(default_factory=FinalizeConfig,
+                                                 metadata={"help": "post-model stage and output files"})
     task: str = dataclasses.field(default="ctc", init=False, repr=False)
 
     def validate(self) -> None:

@@ -1,10 +1,11 @@
 """Pipeline stages as plain callables over Arrow batches (no Ray here; ray_pipeline.py wires them).
 
 decode_batch / DecodeStage: manifest rows → chunk rows (audio as float32 bytes); one error row per failed item.
-CTCPredictor / ClassifierPredictor: chunk rows → prediction rows (argmax ids or class probabilities for
-    each chunk, cost and padding counters); error rows pass through untouched.
-(assembly.ItemAssembler then turns prediction rows into output rows, all rows of one manifest id at once.)
-Rows never depend on order: everything is keyed by (id, item_index, chunk_index).
+CTCPredictor / ClassifierPredictor: chunk rows → prediction rows (argmax ids of each window's keep range, or
+    class probabilities, plus cost and padding counters); error rows pass through untouched.
+(postprocess.Finalizer then turns prediction rows into output rows, all rows of one manifest id at once.)
+Rows never depend on order: everything is keyed by (id, item_index, chunk_index). Every stage is handed the
+driver's spec.ModelSpec: no stage reads the checkpoint's JSON files again.
 """
 from __future__ import annotations
 
@@ -18,19 +19,10 @@ import pyarrow as pa
 
 from sew_pipeline.config import PipelineConfig
 from sew_pipeline.errors import ItemError, redact
-from sew_pipeline.schema import CHUNK_SCHEMA, to_table
+from sew_pipeline.schema import CHUNK_SCHEMA, PREDICTION_SCHEMA, to_table
+from sew_pipeline.spec import ModelSpec, resolve
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
-STRIDE = 320  # samples per CTC frame (20 ms)
-
-PREDICTION_SCHEMA = pa.schema(
-    [f for f in CHUNK_SCHEMA if f.name != "audio"] + [
-        pa.field("payload", pa.binary()),        # CTC: int16 argmax ids of the keep range; cls: float32 probs
-        pa.field("model", pa.string()), pa.field("checkpoint_sha256", pa.string()),
-        pa.field("processing_s", pa.float64()), pa.field("frames", pa.int64()),
-        pa.field("padded_frames", pa.int64()),
-    ])
 
 
 # ------------------------------------------------------------------ decode
@@ -41,20 +33,12 @@ def _channels_mode(value: str) -> str | int:
 class DecodeStage:
     """Manifest batch → chunk batch: load, resample to 16 kHz, pick channels, cut into windows."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, spec: ModelSpec | None = None):
         from sew_pipeline import storage
-        self.cfg = cfg
         self.options = storage.storage_options(cfg.storage_options)
+        self.cfg, self.spec = cfg, spec or resolve(cfg.model, self.options)
         # A 2 h stereo call is ~0.9 GB of 16 kHz float32 windows: it leaves a decode task in slices.
         self.slice_bytes = int(cfg.decode.slice_mb * 2**20)
-        conv = model_config(cfg, self.options)
-        kernels, strides = conv.get("conv_kernel"), conv.get("conv_stride")
-        # Window starts on a whole squeezed frame, so pooling phase matches the unchunked run.
-        self.align = STRIDE * int(conv.get("squeeze_factor", 2))
-        self.frames_for = None
-        if kernels and strides:  # window keep ranges must use the model's own frame count
-            from sew_pipeline.chunking import conv_frames
-            self.frames_for = lambda n: conv_frames(n, kernels, strides)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
@@ -66,15 +50,17 @@ class DecodeStage:
         """Chunk tables of about decode.slice_mb of audio each, so a decode task holds a bounded slice of a
         long file, never the whole of it. An item's last table goes out only once its file has decoded to
         the end: an item that fails mid-file can never complete from its chunks, and its error row
-        (item_failed) tells the assembler to discard the chunks already sent."""
+        (item_failed, with sent_before = how many chunks left before it) voids the chunks already sent."""
         for row in batch.to_pylist():
             group: list[dict] = []
-            size = 0
+            size = sent = 0
             for r in self.iter_rows(row):
                 if r.get("item_failed"):
                     group = []  # held-back chunks of a failed item never leave
+                    r["sent_before"] = sent  # > 0: chunks already out must be voided by the merge
                 elif size >= self.slice_bytes:
                     yield to_table(group, CHUNK_SCHEMA)
+                    sent += len(group)
                     group, size = [], 0
                 group.append(r)
                 size += len(r.get("audio") or b"")
@@ -97,13 +83,15 @@ class DecodeStage:
             yield error_row(base, "not_allowed", f"not_allowed: {base['audio_uri']}: "
                                                  "outside the configured allowed_prefixes")
             return
+        spec = self.spec
         try:
             for chunk in audio.iter_chunks(row, window_s=self.cfg.window_s, overlap_s=self.cfg.overlap_s,
-                                           storage_options=self.options, sample_rate=SAMPLE_RATE,
+                                           storage_options=self.options, sample_rate=spec.sample_rate,
                                            channels=_channels_mode(self.cfg.decode.channels),
-                                           max_duration_s=self.cfg.decode.max_duration_s, stride=STRIDE,
-                                           align=self.align, frames_for=self.frames_for):
-                yield self._chunk_row(base, chunk)
+                                           max_duration_s=self.cfg.decode.max_duration_s,
+                                           stride=spec.total_stride, align=spec.window_align,
+                                           frames_for=spec.frames):
+                yield self._chunk_row(base, chunk, spec)
         except ItemError as exc:
             yield error_row(base, exc.error_type, exc.message)
         except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
@@ -111,29 +99,16 @@ class DecodeStage:
                                                      f"{type(exc).__name__}: {exc}"))
 
     @staticmethod
-    def _chunk_row(base: dict, chunk: Any) -> dict:
-        w, start, chans = chunk.window, base["item_start_s"], chunk.channels
+    def _chunk_row(base: dict, chunk: Any, spec: ModelSpec) -> dict:
+        w, start, chans, sr = chunk.window, base["item_start_s"], chunk.channels, spec.sample_rate
         split = len(chans) > 1 or chans[0] != -1
         return {**base, "item_id": f"{base['id']}#c{chunk.channel}" if split else base["id"],
                 "channel": int(chunk.channel), "item_index": chans.index(chunk.channel), "num_items": len(chans),
-                "chunk_index": w.index, "num_chunks": chunk.num_windows, "start_s": start + w.start / SAMPLE_RATE,
-                "end_s": start + w.end / SAMPLE_RATE, "item_duration_s": chunk.item_num_samples / SAMPLE_RATE,
+                "chunk_index": w.index, "num_chunks": chunk.num_windows, "start_s": start + w.start / sr,
+                "end_s": start + w.end / sr, "item_duration_s": chunk.item_num_samples / sr,
                 "keep_start_frame": w.keep_start_frame, "keep_end_frame": w.keep_end_frame,
-                "start_frame": w.start // STRIDE,
+                "start_frame": w.start // spec.total_stride,
                 "audio": np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes()}
-
-
-def model_config(cfg: PipelineConfig, options: dict) -> dict:
-    """The checkpoint's config.json as a dict ({} when absent)."""
-    import json
-    import fsspec
-    from sew_pipeline.models import registry
-    uri = registry.resolve_model(cfg.model).rstrip("/") + "/config.json"
-    try:
-        with fsspec.open(uri, "rb", **(options if "://" in uri else {})) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return {}
 
 
 def error_row(base: dict, error_type: str, message: str) -> dict:
@@ -143,10 +118,19 @@ def error_row(base: dict, error_type: str, message: str) -> dict:
             "end_s": None, "error_type": error_type, "error": message, "item_failed": True}
 
 
-def decode_batch(batch: pa.Table, cfg: PipelineConfig) -> Iterator[pa.Table]:
-    """Function form of DecodeStage for stateless CPU tasks: yields one table per manifest row
-    (Ray Data stores each as it is yielded, so a task never holds a whole batch of long files)."""
-    yield from DecodeStage(cfg).iter_tables(batch)
+def decode_batch(batch: pa.Table, cfg: PipelineConfig, spec: ModelSpec | None = None) -> Iterator[pa.Table]:
+    """Function form of DecodeStage for stateless CPU tasks. Short items are gathered into one table per
+    call (one block: fewer, larger blocks are cheaper per row); a long item leaves in slices as it decodes,
+    so a task never holds a whole batch of long files."""
+    stage, pending, size = DecodeStage(cfg, spec), [], 0
+    for table in stage.iter_tables(batch):
+        pending.append(table)
+        size += table.nbytes
+        if size >= stage.slice_bytes:
+            yield pa.concat_tables(pending)
+            pending, size = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
 
 
 # ------------------------------------------------------------------ model stage
@@ -169,59 +153,72 @@ def fast_model(model: Any, precision: str, device: str, compile: bool = False) -
         return model
 
 
+def _waves(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """float32 views of a binary column's values: no copy of the audio (to_pylist would copy every blob)."""
+    out: list[np.ndarray | None] = []
+    for chunk in column.chunks:
+        for value in chunk:
+            out.append(np.frombuffer(value.as_buffer(), dtype="<f4") if value.is_valid else None)
+    return out
+
+
 class _Predictor:
     """Shared model-stage logic: load once, group by length, run forward passes, time them."""
 
     model_cls_name = ""
 
-    def __init__(self, cfg: PipelineConfig, num_threads: int | None = None):
+    def __init__(self, cfg: PipelineConfig, spec: ModelSpec | None = None, num_threads: int | None = None):
         import torch
-        from sew_pipeline import models
-        from sew_pipeline.models import registry
-        from sew_pipeline import storage
-        self.cfg = cfg
+        from sew_pipeline import models, storage
+        options = storage.storage_options(cfg.storage_options)
+        self.cfg, self.spec = cfg, spec or resolve(cfg.model, options)
         self.device = _pick_device(cfg.inference.use_gpu)
         if self.device == "cpu":  # actor CPUs == torch threads, so actors don't oversubscribe cores
             torch.set_num_threads(max(1, int(num_threads or cfg.inference.cpus_per_actor)))
-        options = storage.storage_options(cfg.storage_options)
-        uri = registry.resolve_model(cfg.model)
-        self.model = getattr(models, self.model_cls_name).from_pretrained(uri, storage_options=options)
+        self.model = getattr(models, self.model_cls_name).from_pretrained(self.spec.uri, storage_options=options)
         self.model.eval().to(self.device)
         self.sha256 = getattr(self.model, "checkpoint_sha256", None)
         self.model = fast_model(self.model, cfg.inference.precision, self.device, cfg.inference.compile)
-        self.feature_extractor = models.FeatureExtractor.from_pretrained(uri, storage_options=options)
-        self.model_name = redact(cfg.model)
-        self.load_extra(uri, options)
-
-    def load_extra(self, uri: str, options: dict) -> None:
-        pass
+        self.feature_extractor = models.FeatureExtractor.from_pretrained(self.spec.uri, storage_options=options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        audio_rows = [i for i, r in enumerate(rows) if r.get("error_type") is None and r.get("audio")]
-        for r in rows:
-            r.update(model=self.model_name, checkpoint_sha256=self.sha256, processing_s=0.0,
-                     frames=0, padded_frames=0)
-            if r.get("error_type") is None and not r.get("audio"):
-                r.update(error_type="empty", error=f"empty: {r.get('audio_uri')}: no samples in window")
-        waves = {i: np.frombuffer(rows[i].pop("audio"), dtype="<f4") for i in audio_rows}
-        lengths = [len(waves[i]) for i in audio_rows]
+        """Chunk rows → prediction rows, column-wise: the audio column is read in place and dropped."""
+        n = batch.num_rows
+        errors, messages = batch.column("error_type").to_pylist(), batch.column("error").to_pylist()
+        waves = _waves(batch.column("audio"))
+        out = {"payload": [None] * n, "processing_s": [0.0] * n, "frames": [0] * n, "padded_frames": [0] * n}
+        todo = []
+        for i in range(n):
+            if errors[i] is not None:
+                continue
+            if waves[i] is None or not len(waves[i]):
+                errors[i] = "empty"
+                messages[i] = f"empty: {batch.column('audio_uri')[i].as_py()}: no samples in window"
+            else:
+                todo.append(i)
         inf = self.cfg.inference
+        self.begin(batch)
         from sew_pipeline.models.batching import plan_length_groups
-        for group in plan_length_groups(lengths, max_batch_samples=int(inf.max_batch_audio_s * SAMPLE_RATE),
+        for group in plan_length_groups([len(waves[i]) for i in todo],
+                                        max_batch_samples=int(inf.max_batch_audio_s * self.spec.sample_rate),
                                         max_padding_fraction=inf.max_padding_fraction):
-            idx = [audio_rows[g] for g in group]
+            idx = [todo[g] for g in group]
             try:
-                self._run_group(idx, [waves[i] for i in idx], rows)
+                self._run_group(idx, [waves[i] for i in idx], out)
             except Exception as exc:  # noqa: BLE001 - the batch's items become typed error rows
                 log.exception("inference failed on %d items", len(idx))
                 for i in idx:
-                    rows[i].update(error_type="inference", error=redact(f"inference: {type(exc).__name__}: {exc}"))
-        for r in rows:
-            r.pop("audio", None)
-        return to_table(rows, PREDICTION_SCHEMA)
+                    errors[i] = "inference"
+                    messages[i] = redact(f"inference: {type(exc).__name__}: {exc}")
+        table = batch.drop_columns(["audio", "error_type", "error"])
+        columns = {"error_type": errors, "error": messages, "model": [self.spec.name] * n,
+                   "checkpoint_sha256": [self.sha256] * n, **out}
+        for name, values in columns.items():
+            f = PREDICTION_SCHEMA.field(name)
+            table = table.append_column(f, pa.array(values, f.type))
+        return table.select(PREDICTION_SCHEMA.names)
 
-    def _run_group(self, idx: list[int], waves: list[np.ndarray], rows: list[dict]) -> None:
+    def _run_group(self, idx: list[int], waves: list[np.ndarray], out: dict) -> None:
         import torch
         # Always mask: with it the fast path computes each item exactly as if it were alone (padding-invariant),
         # also for checkpoints like sew-tiny whose preprocessor says return_attention_mask=false.
@@ -236,30 +233,45 @@ class _Predictor:
         t0 = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(values, attention_mask=mask).logits
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+            results = self.payloads(logits)  # one device→host copy per group
         seconds = time.perf_counter() - t0
         frames_total = int(self.model.output_lengths(int(values.shape[1])))
         for j, i in enumerate(idx):
             valid = int(self.model.output_lengths(len(waves[j])))
-            rows[i].update(processing_s=seconds / len(idx), frames=frames_total,
-                           padded_frames=max(frames_total - valid, 0))
-            rows[i]["payload"] = self.payload(logits[j], valid, rows[i])
+            out["processing_s"][i] = seconds / len(idx)
+            out["frames"][i] = frames_total
+            out["padded_frames"][i] = max(frames_total - valid, 0)
+            out["payload"][i] = self.payload(results[j], valid, i)
 
-    def payload(self, logits: Any, valid_frames: int, row: dict) -> bytes:
+    def payloads(self, logits: Any) -> np.ndarray:
+        """The group's logits reduced on the device and copied to the host once."""
+        raise NotImplementedError
+
+    def begin(self, batch: pa.Table) -> None:
+        """Per-batch columns the payload needs, read once."""
+
+    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> bytes:
         raise NotImplementedError
 
 
 class CTCPredictor(_Predictor):
-    """Per chunk: argmax ids of the frames this chunk keeps (its most central part), as int16 bytes."""
+    """Per chunk: argmax ids of the frames this chunk keeps (its most central part), as int16 bytes, so only
+    the kept frames ever leave the model stage."""
 
     model_cls_name = "SEWForCTC"
 
-    def payload(self, logits: Any, valid_frames: int, row: dict) -> bytes:
-        lo = max(int(row["keep_start_frame"]) - int(row["start_frame"]), 0)
-        hi = min(int(row["keep_end_frame"]) - int(row["start_frame"]), valid_frames)
-        ids = logits[lo:max(hi, lo)].argmax(dim=-1).to("cpu").numpy()
-        return ids.astype("<i2").tobytes()
+    def payloads(self, logits: Any) -> np.ndarray:
+        import torch
+        return logits.argmax(dim=-1).to(torch.int16).cpu().numpy()
+
+    def begin(self, batch: pa.Table) -> None:
+        self.keep = [batch.column(c).to_numpy(zero_copy_only=False)
+                     for c in ("start_frame", "keep_start_frame", "keep_end_frame")]
+
+    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> bytes:
+        first, keep_start, keep_end = (int(c[i]) for c in self.keep)
+        lo, hi = max(keep_start - first, 0), min(keep_end - first, valid_frames)
+        return result[lo:max(hi, lo)].astype("<i2").tobytes()
 
 
 class ClassifierPredictor(_Predictor):
@@ -267,10 +279,16 @@ class ClassifierPredictor(_Predictor):
 
     model_cls_name = "SEWForSequenceClassification"
 
-    def payload(self, logits: Any, valid_frames: int, row: dict) -> bytes:
-        probs = logits.float().softmax(dim=-1).to("cpu").numpy()
-        return probs.astype("<f4").tobytes()
+    def payloads(self, logits: Any) -> np.ndarray:
+        return logits.float().softmax(dim=-1).cpu().numpy()
+
+    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> bytes:
+        return result.astype("<f4").tobytes()
+
+
+# task -> model-stage class (postprocess.FINISH is the post-model half of this table)
+PREDICTORS: dict[str, type[_Predictor]] = {"ctc": CTCPredictor, "classification": ClassifierPredictor}
 
 
 def predictor_class(task: str) -> type[_Predictor]:
-    return {"ctc": CTCPredictor, "classification": ClassifierPredictor}[task]
+    return PREDICTORS[task]

@@ -1,10 +1,11 @@
 """The only module that imports Ray: builds the Ray Data pipeline, runs it, resumes, summarises.
 
-manifest (driver) → filter ids already written → from_arrow
-  → map_batches(decode_batch)            CPU tasks, memory reserved, small batches
+model → spec.ModelSpec (driver, once); manifest (driver) → filter ids already written → from_blocks
+  → map_batches(decode_batch)            CPU tasks, memory reserved; short items: one block per task
   → map_batches(Predictor)               fixed ActorPoolStrategy: 1 GPU/actor, or k CPUs = k torch threads
-  → map_batches(ItemAssembler)           one small stateful actor: stitches chunks, aggregates windows
-  → write_parquet(output)                local path or s3:// (fsspec filesystem with the endpoint)
+  → map_batches(finalize_batch)          stateless CPU tasks: ids complete in a block finish there; ids
+                                         spanning blocks meet in KeyedMerge actors sharded by id hash
+  → write_parquet(output)                local path or s3://, min_rows_per_file rows per file
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,8 @@ from ray.data.datasource import FilenameProvider
 from sew_pipeline import storage
 from sew_pipeline.config import LabelConfig, PipelineConfig, TranscribeConfig, redacted_dict
 from sew_pipeline.errors import redact
-from sew_pipeline.assembly import ItemAssembler
+from sew_pipeline import spec as model_spec
+from sew_pipeline.postprocess import KeyedMerge, finalize_batch
 from sew_pipeline.predictors import decode_batch, predictor_class
 from sew_pipeline.results import ResultStore
 from sew_pipeline.schema import output_schema
@@ -32,13 +35,13 @@ from sew_pipeline.summary import SUMMARY_COLUMNS, format_table, summarize
 
 log = logging.getLogger(__name__)
 
-# Fault tolerance. Decode and write tasks are retried when their worker dies (their outputs are
+# Fault tolerance. Decode, finalize and write tasks are retried when their worker dies (their outputs are
 # deterministic, and output file names are per task, so a redo rewrites rather than duplicates).
-# Model/assembler actors restart without limit, and a batch whose actor died is resubmitted up to
+# Model and merge actors restart without limit, and a batch whose actor died is resubmitted up to
 # ACTOR_TASK_RETRIES times (bounded: a batch that kills its actor every time must fail the run, not
-# loop forever). An actor restart loses nothing: every row is keyed by (id, item, chunk) and the
-# assembler emits an id once. Ids lost to an assembler restart (its buffered rows) are redone by a
-# further pass of the same run, up to MAX_PASSES; any still missing make the job exit 1.
+# loop forever). Every row is keyed by (id, item, chunk) and a merge completes an id once. Ids lost
+# inside a run (a merge actor's pending rows when it restarts) are redone by a further pass of the same
+# run, up to MAX_PASSES; any still missing make the job exit 1.
 TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 3
 MAX_PASSES = 2
@@ -92,13 +95,13 @@ def _absolute(cfg: PipelineConfig) -> PipelineConfig:
 def run(cfg: PipelineConfig) -> JobResult:
     t0 = time.perf_counter()
     cfg = _absolute(cfg)
-    ensure_ray(cfg.ray_address)
     options = storage.storage_options(cfg.storage_options)
+    spec = model_spec.resolve(cfg.model, options)  # before Ray starts: a wrong model is one clear line
+    ensure_ray(cfg.ray_address)
     store = ResultStore(cfg.output, options)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log.info("run %s config %s", run_id, redacted_dict(cfg))
 
-    _check_model(cfg, options)
     manifest = _load_manifest(cfg, options)
     skipped = 0
     if not cfg.resume and store.files():
@@ -109,19 +112,24 @@ def run(cfg: PipelineConfig) -> JobResult:
         store.quarantine_incomplete()
         remaining = _without(manifest, store.completed_ids())
         skipped, manifest = manifest.num_rows - remaining.num_rows, remaining
-    todo = manifest
+    todo, columns = manifest, SUMMARY_COLUMNS + (["level"] if cfg.task == "classification" else [])
+    rows = None
     for attempt in range(1, MAX_PASSES + 1):
         if not todo.num_rows:
             break
-        if attempt > 1:  # ids lost inside the run (e.g. the assembler actor restarted): redo just those
+        if attempt > 1:  # ids lost inside the run (e.g. a merge actor restarted): redo just those
             log.warning("pass %d: %d id(s) were not written; running them again", attempt, todo.num_rows)
-        build_dataset(cfg, todo, run_id).write_parquet(
-            _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
-            schema=output_schema(cfg.task), ray_remote_args={"num_cpus": 0, "max_retries": TASK_RETRIES})
-        written = store.read(["id"], run_id=run_id)
-        todo = _without(todo, set(written.column("id").to_pylist()) if written is not None else set())
-    columns = SUMMARY_COLUMNS + (["level"] if cfg.task == "classification" else [])
-    rows = store.read(columns, run_id=run_id)
+        merges = _start_merges(cfg)
+        try:
+            build_dataset(cfg, todo, run_id, spec, merges).write_parquet(
+                _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
+                schema=output_schema(cfg.task), min_rows_per_file=cfg.finalize.rows_per_file,
+                ray_remote_args={"num_cpus": 0, "max_retries": TASK_RETRIES})
+        finally:
+            for handle in merges.handles:
+                ray.kill(handle)
+        rows = store.read(columns, run_id=run_id)  # one read-back per pass: what was written, and the summary
+        todo = _without(todo, set(rows.column("id").to_pylist()) if rows is not None else set())
     summary = summarize(rows, cfg.task, time.perf_counter() - t0, manifest.num_rows + skipped, skipped,
                         expected=manifest.num_rows)
     return JobResult(output=redact(cfg.output), run_id=run_id, summary=summary)
@@ -139,15 +147,6 @@ def _write_path(store: ResultStore) -> str:
     if store.is_local:
         store.fs.makedirs(store.root, exist_ok=True)
     return store.root
-
-
-def _check_model(cfg: PipelineConfig, options: dict) -> None:
-    """Fail on the driver, before any actor starts, when the model cannot be found."""
-    from sew_pipeline.models import registry
-    from sew_pipeline.predictors import model_config
-    if not model_config(cfg, options):
-        raise ValueError(f"model {redact(cfg.model)!r}: no config.json at {redact(registry.resolve_model(cfg.model))} "
-                         f"(shipped models: {', '.join(registry.shipped_models()) or 'none installed'})")
 
 
 def _load_manifest(cfg: PipelineConfig, options: dict) -> pa.Table:
@@ -174,12 +173,38 @@ def _model_resources(cfg: PipelineConfig) -> dict[str, Any]:
     return {"num_cpus": inf.cpus_per_actor}
 
 
-def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str) -> ray.data.Dataset:
+# ------------------------------------------------------------------ keyed merge for ids spanning blocks
+_MergeActor = ray.remote(KeyedMerge)
+
+
+class RemoteMerge:
+    """What a finalize task calls with the rows of ids it could not finish alone: each row goes to the
+    merge actor that owns its id (crc32 of the id: stable across processes), and the ids that became
+    complete come back to the caller, which finishes and emits them. Picklable (holds actor handles)."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+
+    def __call__(self, rows: list[dict]) -> list[list[dict]]:
+        shards: dict[int, list[dict]] = {}
+        for row in rows:
+            shards.setdefault(zlib.crc32(row["id"].encode()) % len(self.handles), []).append(row)
+        done = ray.get([self.handles[k].add.remote(part) for k, part in shards.items()])
+        return [group for groups in done for group in groups]
+
+
+def _start_merges(cfg: PipelineConfig) -> RemoteMerge:
+    # num_cpus=0: they only hold small rows; restart without limit (pending ids are then redone next pass)
+    return RemoteMerge([_MergeActor.options(num_cpus=0, max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES)
+                        .remote() for _ in range(cfg.finalize.merge_actors)])
+
+
+def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: model_spec.ModelSpec,
+                  merge: RemoteMerge) -> ray.data.Dataset:
     """The lazy Ray Dataset for ``manifest``; nothing runs until it is consumed."""
     resources = _model_resources(cfg)
-    if "num_gpus" in resources:
-        cfg.inference.use_gpu = "yes"
-    predictor = predictor_class(cfg.task)
+    if "num_gpus" in resources:  # the actors must use the GPU the pipeline reserved for them
+        cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, use_gpu="yes"))
     # from_blocks computes block metadata here; from_arrow runs a remote task per block for it (~2 s of a
     # job's start-up on a small cluster, before any actor starts)
     rows = cfg.decode.batch_rows
@@ -187,16 +212,19 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str) -> ray.d
     # Blocks of about two decode slices (Ray's default is 128 MiB): a long call then streams through the
     # object store a slice at a time instead of queueing there whole (derived datasets inherit this context).
     source.context.target_max_block_size = int(2 * cfg.decode.slice_mb * 2**20)
+    top_k = getattr(cfg, "top_k", 1)
     return (
         source
-        .map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_rows,
+        .map_batches(decode_batch, fn_kwargs={"cfg": cfg, "spec": spec}, batch_size=None,
                      batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
                      memory=cfg.decode.memory_mb * 2**20, max_retries=TASK_RETRIES)
-        .map_batches(predictor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.inference.batch_rows,
-                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors),
+        .map_batches(predictor_class(cfg.task), fn_constructor_kwargs={"cfg": cfg, "spec": spec},
+                     batch_size=cfg.inference.batch_rows, batch_format="pyarrow",
+                     compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors),
                      max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES, **resources)
-        # All rows of an id must meet in one place: a single, nearly free actor (rows are small).
-        .map_batches(ItemAssembler, fn_constructor_kwargs={"cfg": cfg, "run_id": run_id}, batch_size=None,
-                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                     max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES)
+        # Stateless and scaled out: no process sees every row.
+        .map_batches(finalize_batch, fn_kwargs={"spec": spec, "task": cfg.task, "run_id": run_id, "top_k": top_k,
+                                                "merge": merge},
+                     batch_size=None, batch_format="pyarrow", num_cpus=cfg.finalize.num_cpus,
+                     max_retries=TASK_RETRIES)
     )

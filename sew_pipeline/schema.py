@@ -49,7 +49,7 @@ CLASSIFICATION_SCHEMA = pa.schema(_SOURCE + [
     ("num_windows", pa.int32()),
 ] + _TRAILER)
 
-# Decoded chunk rows between DecodeStage and the predictors (see docs/DESIGN.md).
+# Decoded chunk rows between DecodeStage and the model stage (see docs/DESIGN.md).
 CHUNK_SCHEMA = pa.schema([
     ("id", pa.string()), ("item_id", pa.string()), ("audio_uri", pa.string()),
     ("channel", pa.int32()), ("item_index", pa.int32()), ("num_items", pa.int32()),
@@ -61,9 +61,17 @@ CHUNK_SCHEMA = pa.schema([
     ("audio", pa.binary()), ("text", pa.string()), ("split", pa.string()), ("speaker", pa.string()),
     ("error_type", pa.string()), ("error", pa.string()),
     ("item_failed", pa.bool_()),         # decoding failed: the id's only row; chunks already sent are void
+    ("sent_before", pa.int32()),         # on an item_failed row: chunks of the id that left before it
 ])
 
-SUMMARY_COLUMNS = ["id", "error_type", "duration_s", "frames", "padded_frames"]
+# Model stage → post-model stage: the chunk row without its audio, plus the model's result.
+PREDICTION_SCHEMA = pa.schema(
+    [f for f in CHUNK_SCHEMA if f.name != "audio"] + [
+        pa.field("payload", pa.binary()),        # CTC: int16 argmax ids of the keep range; cls: float32 probs
+        pa.field("model", pa.string()), pa.field("checkpoint_sha256", pa.string()),
+        pa.field("processing_s", pa.float64()), pa.field("frames", pa.int64()),
+        pa.field("padded_frames", pa.int64()),
+    ])
 
 
 def output_schema(task: str) -> pa.Schema:

@@ -10,8 +10,10 @@ import pytest
 import soundfile as sf
 
 from sew_pipeline.config import LabelConfig, TranscribeConfig, load_config
-from sew_pipeline.assembly import ItemAssembler
-from sew_pipeline.predictors import PREDICTION_SCHEMA, ClassifierPredictor, CTCPredictor, DecodeStage
+from sew_pipeline.postprocess import Finalizer
+from sew_pipeline.predictors import ClassifierPredictor, CTCPredictor, DecodeStage
+from sew_pipeline.schema import PREDICTION_SCHEMA
+from sew_pipeline.spec import resolve
 from sew_pipeline.models.batching import plan_length_groups
 from sew_pipeline.schema import CLASSIFICATION_SCHEMA, CTC_SCHEMA
 from tests.reliability.conftest import corrupt_late_flac
@@ -56,6 +58,10 @@ def _wav(path, seconds, sr=16000, channels=1, subtype="PCM_16", seed=0):
     return str(path)
 
 
+def _finalizer(cfg):
+    return Finalizer(resolve(cfg.model), cfg.task, "test", getattr(cfg, "top_k", 1))
+
+
 def _run_stages(cfg, manifest, predictor_cls, shuffle_seed=None, batch_rows=5):
     chunks = DecodeStage(cfg)(manifest)
     predictor = predictor_cls(cfg)
@@ -63,9 +69,9 @@ def _run_stages(cfg, manifest, predictor_cls, shuffle_seed=None, batch_rows=5):
     rows = pa.concat_tables(preds).to_pylist()
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(rows)
-    assembler = ItemAssembler(cfg, run_id="test")
-    outs = [assembler(pa.Table.from_pylist(rows[i:i + 3], schema=PREDICTION_SCHEMA)) for i in range(0, len(rows), 3)]
-    assert not assembler.pending
+    finalizer = _finalizer(cfg)
+    outs = [finalizer(pa.Table.from_pylist(rows[i:i + 3], schema=PREDICTION_SCHEMA)) for i in range(0, len(rows), 3)]
+    assert not finalizer.merge.pending
     return chunks, pa.concat_tables(outs)
 
 
@@ -177,11 +183,11 @@ def test_long_items_leave_decode_in_bounded_slices_and_a_mid_file_failure_voids_
             rows.append(rows.pop(error_pos))
         else:
             random.Random(4).shuffle(rows)
-        assembler = ItemAssembler(cfg, run_id="test")
-        out = pa.concat_tables([assembler(pa.Table.from_pylist(rows[i:i + 2], schema=PREDICTION_SCHEMA))
+        finalizer = _finalizer(cfg)
+        out = pa.concat_tables([finalizer(pa.Table.from_pylist(rows[i:i + 2], schema=PREDICTION_SCHEMA))
                                 for i in range(0, len(rows), 2)]).to_pylist()
         assert sorted(r["id"] for r in out) == ["bad", "good"], order  # exactly once each
         result = {r["id"]: r for r in out}
         assert result["bad"]["error_type"] == "unreadable" and result["bad"]["text"] is None
         assert result["good"]["text"] == expected_text and result["good"]["error_type"] is None
-        assert not assembler.pending, order
+        assert not finalizer.merge.pending, order

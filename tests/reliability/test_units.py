@@ -13,8 +13,9 @@ import pytest
 from sew_pipeline import storage
 from sew_pipeline.config import TranscribeConfig, load_config
 from sew_pipeline.errors import ERROR_TYPES
-from sew_pipeline.assembly import ItemAssembler
+from sew_pipeline.postprocess import Finalizer
 from sew_pipeline.predictors import CTCPredictor, DecodeStage
+from sew_pipeline.spec import resolve
 from sew_pipeline.summary import summarize
 from tests.reliability.conftest import wav_bytes
 
@@ -41,7 +42,7 @@ def test_unexpected_decode_failure_is_internal_redacted_and_counted(tmp_path, ti
     monkeypatch.setattr(audio, "iter_chunks", boom)
     cfg = _cfg(tiny_ctc_dir)
     chunks = DecodeStage(cfg)(_manifest([("a", str(tmp_path / "a.wav"))]))
-    out = ItemAssembler(cfg, "r")(CTCPredictor(cfg)(chunks))
+    out = Finalizer(resolve(cfg.model), "ctc", "r")(CTCPredictor(cfg)(chunks))
     [row] = out.to_pylist()
     assert "internal" in ERROR_TYPES and row["error_type"] == "internal"
     assert secret not in row["error"] and "RuntimeError" in row["error"] and "a.wav" in row["error"]
@@ -101,10 +102,14 @@ def test_pickle_bearing_bin_is_refused_by_the_predictor(tmp_path, tiny_ctc_dir):
 
 
 def test_replayed_rows_never_emit_an_id_twice(tmp_path, tiny_ctc_dir):
+    """An id whose windows arrive in several blocks completes in the keyed merge once: a retried upstream
+    task delivering the same rows again emits nothing. (An id complete within one block is finished where
+    it is: Ray Data hands each block to the post-model stage once per execution.)"""
     (tmp_path / "a.wav").write_bytes(wav_bytes(19.0))
     cfg = _cfg(tiny_ctc_dir, "window_s=8", "overlap_s=1")
     preds = CTCPredictor(cfg)(DecodeStage(cfg)(_manifest([("a", str(tmp_path / "a.wav"))])))
-    assembler = ItemAssembler(cfg, "r")
-    first = assembler(preds.slice(0, 2)).num_rows + assembler(preds.slice(2)).num_rows
-    replay = assembler(preds).num_rows  # a retried upstream task delivers the same rows again
-    assert preds.num_rows == 3 and first == 1 and replay == 0 and not assembler.pending
+    finalizer = Finalizer(resolve(cfg.model), "ctc", "r")
+    first = finalizer(preds.slice(0, 2)).num_rows + finalizer(preds.slice(2)).num_rows
+    replay = finalizer(preds.slice(0, 2)).num_rows + finalizer(preds.slice(2)).num_rows
+    assert preds.num_rows == 3 and first == 1 and replay == 0 and not finalizer.merge.pending
+    assert finalizer.merged_rows == 6  # every row of this id went through the merge, both times

@@ -1,0 +1,96 @@
+"""The model, resolved once on the driver into a small frozen record every stage is handed (no Ray, no torch).
+
+Stages used to re-read config.json / vocab.json from storage per task; now the driver reads them once and
+ships this spec (a few hundred bytes) with the stage's arguments. It is also the one place for frame maths:
+samples per frame, window alignment, conv output length.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sew_pipeline.errors import redact
+
+
+class ModelNotFound(ValueError):
+    """The configured model has no readable config.json (a user error, reported in one line)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str                          # as configured (redacted): what output rows call the model
+    uri: str                           # resolved folder / URI the model stage loads from
+    sample_rate: int = 16000
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    squeeze_factor: int = 2
+    vocab: tuple[tuple[str, int], ...] = ()   # CTC token -> id (empty for classifiers)
+    labels: tuple[str, ...] = ()              # class names in id order (empty for CTC)
+
+    @property
+    def total_stride(self) -> int:
+        """Input samples per output frame (320 = 20 ms at 16 kHz for SEW)."""
+        n = 1
+        for s in self.conv_stride:
+            n *= s
+        return n
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.total_stride / self.sample_rate
+
+    @property
+    def window_align(self) -> int:
+        """Window starts fall on whole squeezed frames, so pooling phase matches the unchunked run."""
+        return self.total_stride * self.squeeze_factor
+
+    def frames(self, num_samples: int) -> int:
+        """Output frames of the conv stack for ``num_samples`` (valid convolutions; 0 if too short)."""
+        from sew_pipeline.chunking import conv_frames
+        return conv_frames(num_samples, self.conv_kernel, self.conv_stride)
+
+    def tokenizer(self):
+        from sew_pipeline.models.processor import CTCTokenizer
+        return CTCTokenizer(dict(self.vocab))
+
+    def label_names(self, n: int) -> list[str]:
+        """Names for ``n`` classes (LABEL_i where the checkpoint names none)."""
+        return [self.labels[i] if i < len(self.labels) else f"LABEL_{i}" for i in range(n)]
+
+
+def _read_json(uri: str, name: str, options: dict) -> Any:
+    import fsspec
+    path = uri.rstrip("/") + "/" + name
+    try:
+        with fsspec.open(path, "rb", **(options if "://" in path else {})) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def resolve(model: str, storage_options: dict | None = None) -> ModelSpec:
+    """Read the checkpoint folder's small JSON files once; raise ModelNotFound naming the `model` key."""
+    from sew_pipeline.models import registry
+    from sew_pipeline.models.config import SEWConfig
+    options = storage_options or {}
+    uri = registry.resolve_model(model)
+    try:
+        conf = _read_json(uri, "config.json", options)
+    except Exception as exc:  # noqa: BLE001 - unreachable bucket, bad JSON: the user's model key is wrong
+        raise ModelNotFound(redact(f"model {model!r}: cannot read {uri}/config.json: {type(exc).__name__}: {exc}")) from None
+    if not conf:
+        shipped = ", ".join(registry.shipped_models()) or "none installed"
+        raise ModelNotFound(redact(f"model {model!r}: no config.json at {uri} (set `model` to a checkpoint "
+                                   f"folder or URI, or a shipped model: {shipped})"))
+    sew = SEWConfig.from_dict(conf)
+    pre = _read_json(uri, "preprocessor_config.json", options) or {}
+    vocab = _read_json(uri, "vocab.json", options) or {}
+    if vocab and all(isinstance(v, dict) for v in vocab.values()):  # multilingual layout {lang: vocab}
+        vocab = next(iter(vocab.values()))
+    return ModelSpec(name=redact(model), uri=uri, sample_rate=int(pre.get("sampling_rate", 16000)),
+                     conv_kernel=tuple(sew.conv_kernel), conv_stride=tuple(sew.conv_stride),
+                     squeeze_factor=int(sew.squeeze_factor),
+                     vocab=tuple(sorted(((str(k), int(v)) for k, v in vocab.items()), key=lambda kv: kv[1])),
+                     labels=tuple(sew.id2label[i] for i in range(sew.num_labels)) if "id2label" in conf else ())
+
