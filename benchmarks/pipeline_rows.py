@@ -198,19 +198,20 @@ def part_stages(model_dir: str, audios: str, threads: int, precision: str) -> di
     import pyarrow as pa
     import torch
     from sew_pipeline.config import TranscribeConfig
-    from sew_pipeline.assembly import ItemAssembler
+    from sew_pipeline.postprocess import Finalizer
     from sew_pipeline.predictors import CTCPredictor, DecodeStage
     torch.set_num_threads(threads)
     cfg = _cfg(TranscribeConfig, manifest="unused", output="unused", model=model_dir,
                **{"inference.precision": precision, "inference.cpus_per_actor": threads})
     decode, predict = DecodeStage(cfg), CTCPredictor(cfg, num_threads=threads)
+    finish = Finalizer(predict.spec, "ctc", "bench")
 
     def one(audio: str) -> float:
         row = {"id": Path(audio).stem, "audio_uri": audio, "offset_s": None, "duration_s": None, "text": None}
         t0 = time.perf_counter()
         chunks = decode(pa.Table.from_pylist([row]))
         preds = [predict(chunks.slice(i, 64)) for i in range(0, chunks.num_rows, 64)]
-        assert ItemAssembler(cfg, "bench")(pa.concat_tables(preds)).num_rows == 1  # stitch + decode text
+        assert finish(pa.concat_tables(preds)).num_rows == 1  # stitch + decode text
         return (time.perf_counter() - t0) / sf.info(audio).duration * 3600
     files = audios.split(",")
     one(files[0])  # warm-up: oneDNN primitives, allocator

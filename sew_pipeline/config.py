@@ -255,21 +255,26 @@ class InferenceConfig:
     precision: Literal["reference", "fp32", "bf16", "int8"] = opt(
         "fp32", "reference = plain model; fp32/bf16/int8 = models.fast inference path (fused kernels)")
     compile: bool = opt(False, "torch.compile the fast path (pays on long runs; ~1 min compile per actor and shape)")
-    batch_rows: int = opt(64, "chunk rows handed to an actor per call (grouped by duration inside)")
+    batch_rows: int = opt(256, "chunk rows handed to an actor per call (grouped by duration inside)")
     max_batch_audio_s: float = opt(160.0, "bound on padded audio seconds per forward pass")
     max_padding_fraction: float = opt(0.08, "a forward pass never pads more than this fraction of frames")
+    forward_overhead_s: float = opt(1.0, "fixed cost of one forward pass, in seconds of audio the model would "
+                                         "process in that time: groups trade it against padding (larger for "
+                                         "small models and on GPUs; 0 = tightest groups)")
 
     def validate(self) -> None:
         if self.num_actors < 1 or self.batch_rows < 1 or self.cpus_per_actor <= 0:
             raise ConfigError("inference.num_actors, batch_rows must be >= 1 and cpus_per_actor > 0")
-        if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0:
-            raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s > 0")
+        if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0 or self.forward_overhead_s < 0:
+            raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s > 0, "
+                              "forward_overhead_s >= 0")
 
 
 @dataclasses.dataclass
 class DecodeConfig:
     """Decode/resample/chunk stage (CPU tasks)."""
-    batch_rows: int = opt(32, "manifest rows per decode task call (one output block for short items)")
+    batch_rows: int = opt(128, "manifest rows per decode task (short items leave as one block: fewer, larger "
+                               "blocks cost less per row; use a few for hours-long files, so they decode in parallel)")
     num_cpus: float = opt(1.0, "CPUs reserved per decode task")
     memory_mb: int = opt(1024, "memory reserved per decode task (MiB)")
     slice_mb: float = opt(16.0, "a decode task sends long files on in slices of about this many MiB of "
@@ -291,8 +296,9 @@ class FinalizeConfig:
                                       "keeps every file already written and redoes the rest on resume)")
 
     def validate(self) -> None:
-        if self.num_cpus < 0 or self.merge_actors < 1 or self.rows_per_file < 1:
-            raise ConfigError("finalize.num_cpus must be >= 0; merge_actors and rows_per_file >= 1")
+        # above 2**20 rows Ray's writer splits files by rows, which could split one id's rows across files
+        if self.num_cpus < 0 or self.merge_actors < 1 or not 1 <= self.rows_per_file <= 2**20:
+            raise ConfigError("finalize.num_cpus must be >= 0, merge_actors >= 1, rows_per_file in [1, 1048576]")
 
 
 @dataclasses.dataclass
@@ -340,8 +346,8 @@ class LabelConfig(PipelineConfig):
     model: str = opt("demo-kws", "checkpoint folder or URI, or a shipped default (demo-ctc, demo-kws)")
     window_s: float = opt(1.0, "classification windows: at most this long (s), all of one length")
     overlap_s: float = opt(0.25, "overlap between consecutive windows")
-    decode: DecodeConfig = dataclasses.field(default_factory=lambda: DecodeConfig(channels="split"),
-                                             metadata={"help": "decode stage (channels split by default)"})
+    decode: DecodeConfig = dataclasses.field(default_factory=lambda: DecodeConfig(channels="split", batch_rows=8),
+                                             metadata={"help": "decode stage (channels split, 8 calls per task)"})
     top_k: int = opt(3, "labels with scores kept per window/aggregate row")
     task: str = dataclasses.field(default="classification", init=False, repr=False)
 

@@ -47,25 +47,32 @@ class DecodeStage:
         return to_table(rows, CHUNK_SCHEMA)
 
     def iter_tables(self, batch: pa.Table) -> Iterator[pa.Table]:
-        """Chunk tables of about decode.slice_mb of audio each, so a decode task holds a bounded slice of a
-        long file, never the whole of it. An item's last table goes out only once its file has decoded to
-        the end: an item that fails mid-file can never complete from its chunks, and its error row
-        (item_failed, with sent_before = how many chunks left before it) voids the chunks already sent."""
+        """Chunk tables of about decode.slice_mb of audio each: short items gathered into one table (one block
+        per task: fewer, larger blocks cost less per row), a long file sent on in slices as it decodes, so a
+        task never holds the whole of it. An item's last chunk goes out only once its file has decoded to the
+        end: an item that fails mid-file can never complete from its chunks, and its error row (item_failed,
+        with sent_before = how many chunks left before it) voids the chunks already sent."""
+        ready: list[dict] = []  # rows of finished items (and of full slices) not yet sent
+        size = 0
         for row in batch.to_pylist():
-            group: list[dict] = []
-            size = sent = 0
+            group: list[dict] = []  # this item's rows still held back
+            sent = 0
             for r in self.iter_rows(row):
                 if r.get("item_failed"):
                     group = []  # held-back chunks of a failed item never leave
                     r["sent_before"] = sent  # > 0: chunks already out must be voided by the merge
-                elif size >= self.slice_bytes:
-                    yield to_table(group, CHUNK_SCHEMA)
+                elif group and size >= self.slice_bytes:
+                    yield to_table(ready + group, CHUNK_SCHEMA)
                     sent += len(group)
-                    group, size = [], 0
+                    ready, group, size = [], [], 0
                 group.append(r)
                 size += len(r.get("audio") or b"")
-            if group:
-                yield to_table(group, CHUNK_SCHEMA)
+            ready.extend(group)
+            if size >= self.slice_bytes:
+                yield to_table(ready, CHUNK_SCHEMA)
+                ready, size = [], 0
+        if ready:
+            yield to_table(ready, CHUNK_SCHEMA)
 
     def decode_row(self, row: dict) -> list[dict]:
         """All chunk rows of one manifest row, or a single error row (never a partial item)."""
@@ -119,18 +126,8 @@ def error_row(base: dict, error_type: str, message: str) -> dict:
 
 
 def decode_batch(batch: pa.Table, cfg: PipelineConfig, spec: ModelSpec | None = None) -> Iterator[pa.Table]:
-    """Function form of DecodeStage for stateless CPU tasks. Short items are gathered into one table per
-    call (one block: fewer, larger blocks are cheaper per row); a long item leaves in slices as it decodes,
-    so a task never holds a whole batch of long files."""
-    stage, pending, size = DecodeStage(cfg, spec), [], 0
-    for table in stage.iter_tables(batch):
-        pending.append(table)
-        size += table.nbytes
-        if size >= stage.slice_bytes:
-            yield pa.concat_tables(pending)
-            pending, size = [], 0
-    if pending:
-        yield pa.concat_tables(pending)
+    """Function form of DecodeStage for stateless CPU tasks (see DecodeStage.iter_tables)."""
+    yield from DecodeStage(cfg, spec).iter_tables(batch)
 
 
 # ------------------------------------------------------------------ model stage
@@ -198,10 +195,11 @@ class _Predictor:
                 todo.append(i)
         inf = self.cfg.inference
         self.begin(batch)
-        from sew_pipeline.models.batching import plan_length_groups
-        for group in plan_length_groups([len(waves[i]) for i in todo],
-                                        max_batch_samples=int(inf.max_batch_audio_s * self.spec.sample_rate),
-                                        max_padding_fraction=inf.max_padding_fraction):
+        from sew_pipeline.models.batching import plan_cost_groups
+        sr = self.spec.sample_rate
+        for group in plan_cost_groups([len(waves[i]) for i in todo], max_batch_samples=int(inf.max_batch_audio_s * sr),
+                                      overhead_samples=int(inf.forward_overhead_s * sr),
+                                      max_padding_fraction=inf.max_padding_fraction):
             idx = [todo[g] for g in group]
             try:
                 self._run_group(idx, [waves[i] for i in idx], out)

@@ -2,7 +2,8 @@
 
 Exactly-once rules (see README "Resume"):
 * every output file is written whole by one write task, named ``part-<run_id>-...parquet``;
-* all rows of one manifest id are emitted together by ItemAssembler, so they sit in one file;
+* all rows of one manifest id are emitted together by one finalize task, in one block, so they sit in one
+  file (a write task bundles whole blocks: finalize.rows_per_file rows or more per file);
 * a file without a valid Parquet footer (a run killed mid-write) is not counted and is renamed
   ``*.parquet.incomplete`` before the next run, which recomputes its ids;
 * a rerun processes only ids absent from all complete files.

@@ -198,7 +198,7 @@ def test_transcribe_config_carries_pipeline_keys(tmp_path):
 
 
 # ---------------------------------------------------------------- real Ray pipeline (tiny random model)
-# decode.num_cpus=0.5 leaves room for the model actor and the assembler on the 2-CPU test Ray.
+# decode.num_cpus=0.5 leaves room for the model actor and finalize tasks on the 2-CPU test Ray.
 PIPELINE_SETS = ["decode.num_cpus=0.5", "inference.cpus_per_actor=1"]
 
 

@@ -63,6 +63,7 @@ class FusedLinear(nn.Module):
         spec = _act_spec(act)
         self.spec = spec or ("none", "")
         self.post_act = act if spec is None else None  # unfusable activation runs afterwards
+        self.onednn = True  # False: plain F.linear (oneDNN's bf16 linear needs avx512bw/vl/dq or avx_ne_convert)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, act: nn.Module | None = None) -> FusedLinear:
@@ -77,7 +78,8 @@ class FusedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         # Under torch.compile, plain ops: inductor fuses the epilogue itself (it cannot lower this op unfrozen).
-        if x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling():
+        if self.onednn and x.device.type == "cpu" and torch.backends.mkldnn.is_available() \
+                and not torch.compiler.is_compiling():
             if residual is not None and self.spec[0] == "none":
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
             y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.spec[0], [], self.spec[1])
@@ -369,15 +371,28 @@ def _cast_bf16(model: FastSEW) -> None:
             p.data = p.data.to(torch.bfloat16)
 
 
-def cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: without either, oneDNN emulates bf16 matmuls (measured 62 vs 339 GFLOP/s fp32 on an
-    avx512-vnni Xeon). Read from /proc/cpuinfo (torch 2.13 exposes no public check); unknown -> True."""
+def _cpu_flags() -> set[str] | None:
+    """This CPU's flags from /proc/cpuinfo (torch 2.13 exposes no public check); None when unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
     except OSError:
-        return True
-    return flags is None or bool({"avx512_bf16", "amx_bf16"} & set(flags))
+        return None
+    return None if flags is None else set(flags)
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: without either, oneDNN emulates bf16 matmuls (measured 62 vs 339 GFLOP/s fp32 on an
+    avx512-vnni Xeon). Unknown -> True."""
+    flags = _cpu_flags()
+    return flags is None or bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def onednn_bf16_linear_ok() -> bool:
+    """oneDNN's bf16 linear (and its weight reorder) refuses CPUs without avx512bw+vl+dq or avx_ne_convert
+    (an AVX2-only EPYC here): those run bf16 linears through plain F.linear. Unknown -> True."""
+    flags = _cpu_flags()
+    return flags is None or {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
 
 
 def prepare_for_inference(model: SEWForCTC | SEWForSequenceClassification, precision: Precision = "fp32",
@@ -402,9 +417,11 @@ def prepare_for_inference(model: SEWForCTC | SEWForSequenceClassification, preci
                         "than fp32 here; consider precision fp32 or int8")
         _cast_bf16(fast)
     _drop_unused(fast)
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and not compile:
-        for module in fast.modules():
-            if isinstance(module, FusedLinear):
+    onednn = not (precision == "bf16" and device.type == "cpu" and not onednn_bf16_linear_ok())
+    for module in fast.modules():
+        if isinstance(module, FusedLinear):
+            module.onednn = onednn
+            if onednn and device.type == "cpu" and torch.backends.mkldnn.is_available() and not compile:
                 module.pack_for_cpu()
     if compile:
         fast.forward = torch.compile(fast.forward, dynamic=True)  # attributes stay on the module

@@ -1,5 +1,5 @@
 """Every fault at once, through the real pipeline (job entry point, shared Ray, IAM-enforcing S3
-behind a fault-injecting proxy), with the inference actor and the assembler SIGKILLed mid-run: every
+behind a fault-injecting proxy), with the inference actor and a keyed-merge actor SIGKILLed mid-run: every
 id exactly once, the right error_type per row, exit status 0, a summary counting each error type,
 no secret anywhere."""
 from __future__ import annotations
@@ -71,10 +71,10 @@ def test_mixed_faults_exactly_once_with_actor_kill(ray_session, s3_iam, tiny_ctc
                 "--set", "decode.max_duration_s=20", "--set", "window_s=8", "--set", "overlap_s=1",
                 "--set", "decode.batch_rows=2", "--set", "inference.batch_rows=2",
                 # one 8 s window per slice: corrupt_late.flac sends its first window before it fails
-                "--set", "decode.slice_mb=0.4"]
-        # Once output is flowing: SIGKILL the inference actor, and the assembler (losing the ids it buffers).
+                "--set", "decode.slice_mb=0.4", "--set", "finalize.rows_per_file=8"]
+        # Once output is flowing: SIGKILL the inference actor, and a merge actor (losing the ids it holds).
         killers = [ActorKiller(name, ready=lambda: any(out.glob("*.parquet"))) for name in ("CTCPredictor",
-                                                                                            "ItemAssembler")]
+                                                                                            "KeyedMerge")]
         for killer in killers:
             killer.start()
         handlers = list(logging.root.handlers)
@@ -89,7 +89,7 @@ def test_mixed_faults_exactly_once_with_actor_kill(ray_session, s3_iam, tiny_ctc
                 killer.join()
     logs = capfd.readouterr()
     with capfd.disabled():
-        print("\nsecond pass after the assembler kill:", "running them again" in logs.err)
+        print("\nsecond pass after the merge-actor kill:", "running them again" in logs.err)
     summary = json.loads(logs.out.split("SUMMARY_JSON ", 1)[1].splitlines()[0])
 
     # both actors really died mid-run, and the run still completed
@@ -135,7 +135,7 @@ def _assert_no_secret(secret: str, out: Path, *texts: str) -> None:
 
 
 def test_ids_lost_inside_a_run_get_a_second_pass(ray_session, tiny_ctc_dir, tmp_path, monkeypatch, caplog):
-    """What an assembler restart does (its buffered ids never reach the writer), made deterministic:
+    """What a merge-actor restart does (its pending ids never reach the writer), made deterministic:
     the first pass drops two ids; the run redoes exactly those, once, and reports nothing missing."""
     from sew_pipeline import ray_pipeline
     lines = []
@@ -145,9 +145,9 @@ def test_ids_lost_inside_a_run_get_a_second_pass(ray_session, tiny_ctc_dir, tmp_
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     real, calls = ray_pipeline.build_dataset, []
 
-    def lossy_first_pass(cfg, manifest, run_id):
+    def lossy_first_pass(cfg, manifest, run_id, spec, merge):
         calls.append(manifest.column("id").to_pylist())
-        ds = real(cfg, manifest, run_id)
+        ds = real(cfg, manifest, run_id, spec, merge)
         return ds.filter(lambda r: r["id"] not in ("a1", "a4")) if len(calls) == 1 else ds
 
     monkeypatch.setattr(ray_pipeline, "build_dataset", lossy_first_pass)
