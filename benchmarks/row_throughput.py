@@ -133,11 +133,44 @@ def finalize_alone(model: str, task: str, rows: int) -> float:
     return len(blocks) * 64 / (time.process_time() - t0)
 
 
+def resume_at_scale(root: Path, ids: int, rows_per_file: int) -> dict:
+    """Files a job of `ids` CTC rows leaves at the default file size, and the time and driver memory to read
+    its written ids back for a resume (ResultStore.completed_ids: the id column only)."""
+    import resource
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sew_pipeline.results import ResultStore
+    from sew_pipeline.schema import CTC_SCHEMA
+    rng = np.random.default_rng(0)
+    words = [{"word": "WORD", "start_s": 0.1 * k, "end_s": 0.1 * k + 0.08} for k in range(12)]
+    out = root / "resume"
+    out.mkdir()
+    for f in range(-(-ids // rows_per_file)):
+        n = min(rows_per_file, ids - f * rows_per_file)
+        table = pa.table({"id": [f"corpus/part{f:03d}/utt{i:07d}" for i in range(n)],
+                          "text": ["THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG AGAIN AND AGAIN"] * n,
+                          "words": [words] * n, "duration_s": rng.uniform(1, 20, n)})
+        full = pa.table({name: table[name] if name in table.column_names else pa.nulls(n, field.type)
+                         for name, field in zip(CTC_SCHEMA.names, CTC_SCHEMA)}, schema=CTC_SCHEMA)
+        pq.write_table(full, out / f"part-bench-{f:06d}.parquet")
+    files = list(out.glob("*.parquet"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    done = ResultStore(str(out)).completed_ids()
+    seconds = time.perf_counter() - t0
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(done) == ids
+    return {"ids": ids, "files": len(files), "mean_file_mb": round(sum(f.stat().st_size for f in files)
+                                                                    / len(files) / 1e6, 1),
+            "resume_read_s": round(seconds, 2), "driver_rss_growth_mb": round(grown)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[3000, 12000, 48000])
     ap.add_argument("--distinct", type=int, default=200)
     ap.add_argument("--task", choices=sorted(JOBS), default="ctc")
+    ap.add_argument("--resume-ids", type=int, default=1_000_000, help="written ids for the resume measurement")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from benchmarks.soak import make_manifest
@@ -147,6 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         model = str((make_tiny_ctc if args.task == "ctc" else make_tiny_kws)(root / "model"))
         report["finalize_rows_per_cpu_s"] = round(finalize_alone(model, args.task, 6400))
+        from sew_pipeline.config import FinalizeConfig
+        report["resume"] = resume_at_scale(root, args.resume_ids, FinalizeConfig().rows_per_file)
+        print("resume:", report["resume"], flush=True)
         for n in args.rows:
             manifest = make_manifest(root / f"m{n}", n, args.distinct)
             for kind in ("plain", "ours"):

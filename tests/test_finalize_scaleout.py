@@ -72,7 +72,7 @@ def test_finalize_scales_out_and_survives_a_killed_worker(ray_session, tiny_ctc_
     assert killer.killed is not None, "no finalize worker was killed mid-run"
     assert len(sampler.seen) >= 2, f"finalize ran in {len(sampler.seen)} process(es)"
     table = read_results(str(out))
-    assert Counter(table.column("id").to_pylist()) == Counter(expected)  # exactly once each
+    assert Counter(table.column("id").to_pylist()) == Counter(list(expected))  # exactly once each
     rows = {r["id"]: r for r in table.to_pylist()}
     for id_, error_type in expected.items():
         assert rows[id_]["error_type"] == error_type, (id_, rows[id_]["error"])
