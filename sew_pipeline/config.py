@@ -290,7 +290,7 @@ class DecodeConfig:
 @dataclasses.dataclass
 class FinalizeConfig:
     """Post-model CPU stage (stitching, text, labels, aggregates) and the Parquet writer."""
-    num_cpus: float = opt(0.25, "CPUs reserved per finalize task (stateless: as many run as the cluster fits)")
+    num_cpus: float = opt(0.5, "CPUs reserved per finalize task (stateless: as many run as the cluster fits)")
     merge_actors: int = opt(2, "keyed-merge actors (sharded by id) for ids whose rows span blocks (long items)")
     rows_per_file: int = opt(100_000, "output rows gathered per Parquet file (fewer, larger objects; a killed job "
                                       "keeps every file already written and redoes the rest on resume)")

@@ -151,6 +151,23 @@ def finish_id(rows: Rows, task: str, ctx: Context) -> Rows:
 
 
 # ------------------------------------------------------------------ ids spanning blocks
+class _Pending:
+    """One id's rows so far, with its completeness counted as rows arrive (an hours-long call in 1 s
+    windows is ~15,000 rows: re-checking all of them on every arrival would be quadratic)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, int], dict] = {}
+        self.expected: dict[int, int] = {}  # item_index -> num_chunks
+        self.num_items = 0
+
+    def add(self, row: dict) -> bool:
+        """Add ``row`` (a replayed chunk overwrites itself); True once every chunk of every item is here."""
+        self.rows[(row["item_index"], row["chunk_index"])] = row
+        self.expected[row["item_index"]] = row["num_chunks"]
+        self.num_items = row["num_items"]
+        return len(self.expected) == self.num_items and len(self.rows) == sum(self.expected.values())
+
+
 class KeyedMerge:
     """Rows of ids that span blocks, held until each id is complete. Memory: only the pending rows of
     such ids (small: no audio; a 2 h call is ~0.7 MB of CTC ids per channel), plus the ids it has
@@ -158,7 +175,7 @@ class KeyedMerge:
     id twice. A restart loses pending ids: the job's next pass redoes them."""
 
     def __init__(self) -> None:
-        self.pending: dict[str, dict[tuple[int, int], dict]] = {}
+        self.pending: dict[str, _Pending] = {}
         self.done: set[str] = set()
 
     def add(self, rows: Rows) -> list[Rows]:
@@ -172,12 +189,9 @@ class KeyedMerge:
                 self.done.add(id_)
                 complete.append([row])
                 continue
-            chunks = self.pending.setdefault(id_, {})
-            chunks[(row["item_index"], row["chunk_index"])] = row
-            if is_complete(chunks.values()):
-                del self.pending[id_]
+            if self.pending.setdefault(id_, _Pending()).add(row):
                 self.done.add(id_)
-                complete.append(list(chunks.values()))
+                complete.append(list(self.pending.pop(id_).rows.values()))
         return complete
 
     __call__ = add
