@@ -258,16 +258,12 @@ class InferenceConfig:
     batch_rows: int = opt(256, "chunk rows handed to an actor per call (grouped by duration inside)")
     max_batch_audio_s: float = opt(160.0, "bound on padded audio seconds per forward pass")
     max_padding_fraction: float = opt(0.08, "a forward pass never pads more than this fraction of frames")
-    forward_overhead_s: float = opt(1.0, "fixed cost of one forward pass, in seconds of audio the model would "
-                                         "process in that time: groups trade it against padding (larger for "
-                                         "small models and on GPUs; 0 = tightest groups)")
 
     def validate(self) -> None:
         if self.num_actors < 1 or self.batch_rows < 1 or self.cpus_per_actor <= 0:
             raise ConfigError("inference.num_actors, batch_rows must be >= 1 and cpus_per_actor > 0")
-        if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0 or self.forward_overhead_s < 0:
-            raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s > 0, "
-                              "forward_overhead_s >= 0")
+        if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0:
+            raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s > 0")
 
 
 @dataclasses.dataclass

@@ -195,11 +195,10 @@ class _Predictor:
                 todo.append(i)
         inf = self.cfg.inference
         self.begin(batch)
-        from sew_pipeline.models.batching import plan_cost_groups
-        sr = self.spec.sample_rate
-        for group in plan_cost_groups([len(waves[i]) for i in todo], max_batch_samples=int(inf.max_batch_audio_s * sr),
-                                      overhead_samples=int(inf.forward_overhead_s * sr),
-                                      max_padding_fraction=inf.max_padding_fraction):
+        from sew_pipeline.models.batching import plan_length_groups
+        for group in plan_length_groups([len(waves[i]) for i in todo],
+                                        max_batch_samples=int(inf.max_batch_audio_s * self.spec.sample_rate),
+                                        max_padding_fraction=inf.max_padding_fraction):
             idx = [todo[g] for g in group]
             try:
                 self._run_group(idx, [waves[i] for i in idx], out)

@@ -41,34 +41,6 @@ def plan_length_groups(lengths: Sequence[int], batch_size: int | None = None, ma
     return groups
 
 
-def plan_cost_groups(lengths: Sequence[int], max_batch_samples: int, overhead_samples: int,
-                     max_padding_fraction: float = 1.0, max_rows: int = 512) -> list[list[int]]:
-    """Groups of length-sorted items that minimise modelled cost: per forward pass, a fixed `overhead_samples`
-    (launch and per-op cost, in samples of audio the same time would process) plus every padded sample it
-    computes. Exact over contiguous runs of the sorted lengths (dynamic programming), under the same bounds
-    as plan_length_groups. Small models and GPUs have a large overhead: fewer, fuller passes win; for large
-    models on a CPU padding dominates and groups stay tight."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    ls = [int(lengths[i]) for i in order]
-    n = len(ls)
-    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
-    for j in range(1, n + 1):  # best[j]: cheapest grouping of the j shortest items; the last group is [i, j)
-        longest, real = ls[j - 1], 0
-        for i in range(j - 1, max(-1, j - 1 - max_rows), -1):
-            real += ls[i]
-            padded = (j - i) * longest
-            if j - i > 1 and (padded > max_batch_samples or padded - real > max_padding_fraction * padded):
-                break
-            cost = best[i] + overhead_samples + padded
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j > 0:
-        groups.append([order[k] for k in range(cut[j], j)][::-1])
-        j = cut[j]
-    return groups
-
-
 def padded_fraction(lengths: Sequence[int], groups: Sequence[Sequence[int]],
                     frames: Callable[[int], int] = lambda n: n // 320) -> float:
     """Fraction of computed frames that are padding when each group is padded to its longest item."""
