@@ -27,12 +27,10 @@ Rows = list[dict]
 # ------------------------------------------------------------------ one id's rows → output rows
 def is_complete(rows: Iterable[dict]) -> bool:
     """Every chunk of every item (channel) of the id is present (duplicates count once)."""
-    rows = list(rows)
-    if not rows:
-        return False
-    keys = {(r["item_index"], r["chunk_index"]) for r in rows}
-    expected = {r["item_index"]: r["num_chunks"] for r in rows}
-    return len(expected) == rows[0]["num_items"] and len(keys) == sum(expected.values())
+    pending, complete = _Pending(), False
+    for row in rows:
+        complete = pending.add(row)
+    return complete
 
 
 def items_of(rows: Rows) -> list[Rows]:

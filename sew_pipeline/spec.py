@@ -6,10 +6,10 @@ samples per frame, window alignment, conv output length.
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
-from typing import Any
 
+from sew_pipeline.chunking import conv_frames
 from sew_pipeline.errors import redact
 
 
@@ -31,10 +31,7 @@ class ModelSpec:
     @property
     def total_stride(self) -> int:
         """Input samples per output frame (320 = 20 ms at 16 kHz for SEW)."""
-        n = 1
-        for s in self.conv_stride:
-            n *= s
-        return n
+        return math.prod(self.conv_stride)
 
     @property
     def seconds_per_frame(self) -> float:
@@ -47,7 +44,6 @@ class ModelSpec:
 
     def frames(self, num_samples: int) -> int:
         """Output frames of the conv stack for ``num_samples`` (valid convolutions; 0 if too short)."""
-        from sew_pipeline.chunking import conv_frames
         return conv_frames(num_samples, self.conv_kernel, self.conv_stride)
 
     def tokenizer(self):
@@ -59,35 +55,25 @@ class ModelSpec:
         return [self.labels[i] if i < len(self.labels) else f"LABEL_{i}" for i in range(n)]
 
 
-def _read_json(uri: str, name: str, options: dict) -> Any:
-    import fsspec
-    path = uri.rstrip("/") + "/" + name
-    try:
-        with fsspec.open(path, "rb", **(options if "://" in path else {})) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-
-
 def resolve(model: str, storage_options: dict | None = None) -> ModelSpec:
     """Read the checkpoint folder's small JSON files once; raise ModelNotFound naming the `model` key."""
     from sew_pipeline.models import registry
     from sew_pipeline.models.config import SEWConfig
+    from sew_pipeline.models.processor import PREPROCESSOR_NAME, read_json, read_vocab
     options = storage_options or {}
     uri = registry.resolve_model(model)
     try:
-        conf = _read_json(uri, "config.json", options)
+        conf = read_json(uri, "config.json", options)
     except Exception as exc:  # noqa: BLE001 - unreachable bucket, bad JSON: the user's model key is wrong
-        raise ModelNotFound(redact(f"model {model!r}: cannot read {uri}/config.json: {type(exc).__name__}: {exc}")) from None
+        raise ModelNotFound(redact(f"model {model!r}: cannot read {uri}/config.json: "
+                                   f"{type(exc).__name__}: {exc}")) from None
     if not conf:
         shipped = ", ".join(registry.shipped_models()) or "none installed"
         raise ModelNotFound(redact(f"model {model!r}: no config.json at {uri} (set `model` to a checkpoint "
                                    f"folder or URI, or a shipped model: {shipped})"))
     sew = SEWConfig.from_dict(conf)
-    pre = _read_json(uri, "preprocessor_config.json", options) or {}
-    vocab = _read_json(uri, "vocab.json", options) or {}
-    if vocab and all(isinstance(v, dict) for v in vocab.values()):  # multilingual layout {lang: vocab}
-        vocab = next(iter(vocab.values()))
+    pre = read_json(uri, PREPROCESSOR_NAME, options) or {}
+    vocab = read_vocab(uri, options) or {}
     return ModelSpec(name=redact(model), uri=uri, sample_rate=int(pre.get("sampling_rate", 16000)),
                      conv_kernel=tuple(sew.conv_kernel), conv_stride=tuple(sew.conv_stride),
                      squeeze_factor=int(sew.squeeze_factor),

@@ -111,7 +111,10 @@ def test_remote_merge_completes_each_id_once_across_shards(ray_session):
     assert first == [] and again == []
     assert sorted(g[0]["id"] for g in second) == sorted(f"id-{i}" for i in range(50))
     assert all(sorted(r["chunk_index"] for r in g) == [0, 1] for g in second)
-    sizes = ray_session.get([h.add.remote([]) for h in merge.handles])
-    assert sizes == [[], [], []]
+    # routing: the probe's first chunk went to its owner only, so only the owner can complete it
+    probe = [{"id": "probe", "item_index": 0, "chunk_index": c, "num_chunks": 2, "num_items": 1} for c in range(2)]
+    assert merge(probe[:1]) == []
+    completed = [len(g) for g in ray_session.get([h.add.remote(probe[1:]) for h in merge.handles])]
+    assert sorted(completed) == [0, 0, 1]
     for h in merge.handles:
         ray_session.kill(h)

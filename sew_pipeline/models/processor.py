@@ -16,13 +16,22 @@ PREPROCESSOR_NAME = "preprocessor_config.json"
 VOCAB_NAME = "vocab.json"
 
 
-def _read_json(uri: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+def read_json(uri: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`name` in the checkpoint folder `uri` (local or remote) as JSON; None when absent."""
     fs, root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
     try:
         with fs.open(f"{root.rstrip('/')}/{name}", "r") as f:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def read_vocab(uri: str, storage_options: dict[str, Any] | None) -> dict[str, int] | None:
+    """The folder's vocab.json (the first language of a multilingual {lang: vocab} file); None when absent."""
+    vocab = read_json(uri, VOCAB_NAME, storage_options)
+    if vocab and all(isinstance(v, dict) for v in vocab.values()):
+        vocab = next(iter(vocab.values()))
+    return vocab
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -49,7 +58,7 @@ class FeatureExtractor:
     @classmethod
     def from_pretrained(cls, path_or_uri: str | Path, storage_options: dict[str, Any] | None = None
                         ) -> "FeatureExtractor":
-        cfg = _read_json(str(path_or_uri), PREPROCESSOR_NAME, storage_options) or {}
+        cfg = read_json(str(path_or_uri), PREPROCESSOR_NAME, storage_options) or {}
         known = {k: cfg[k] for k in ("sampling_rate", "padding_value", "do_normalize", "return_attention_mask",
                                      "feature_size") if k in cfg}
         return cls(**known)
@@ -95,11 +104,9 @@ class CTCTokenizer:
     @classmethod
     def from_pretrained(cls, path_or_uri: str | Path, storage_options: dict[str, Any] | None = None
                         ) -> "CTCTokenizer":
-        vocab = _read_json(str(path_or_uri), VOCAB_NAME, storage_options)
+        vocab = read_vocab(str(path_or_uri), storage_options)
         if vocab is None:
             raise FileNotFoundError(f"no {VOCAB_NAME} in {path_or_uri}")
-        if vocab and all(isinstance(v, dict) for v in vocab.values()):  # multilingual layout {lang: vocab}
-            vocab = next(iter(vocab.values()))
         return cls(vocab)
 
     def save_pretrained(self, directory: str | Path) -> None:
