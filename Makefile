@@ -8,21 +8,30 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch is installed first and pinned, so no later resolver step can pull a CUDA build.
-$(STAMP): pyproject.toml
+# Exact versions (the torch CPU wheel, the tested Ray) come from constraints.txt; pyproject holds
+# ranges. torch goes first, so no later resolver step can pull a CUDA build.
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+$(VENV)/.base: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+	$(PIP) torch
+	$(PIP) -e .
+	touch $@
+
+# The test extra adds the parity reference (transformers) and the S3 test server.
+$(STAMP): $(VENV)/.base
+	$(PIP) -e '.[test]'
+	touch $@
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+# The demo needs only the runtime install.
+demo: $(VENV)/.base
 	$(PY) jobs/demo.py
 
 train-demo: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,train]'
+	$(PIP) -e '.[test,train]'
 	$(PY) -m training.train_demo
 
 bench: $(STAMP)

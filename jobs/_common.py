@@ -15,10 +15,10 @@ def main(config_cls, runner_name: str, description: str, default_config: str, ar
     from sew_pipeline import config, ray_pipeline
     cfg = config.parse_args(config_cls, argv, description, default_config=str(REPO / default_config))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from sew_pipeline.spec import ModelNotFound
+    from sew_pipeline.errors import UserError
     try:
         result = getattr(ray_pipeline, runner_name)(cfg)
-    except ModelNotFound as exc:  # a user error: one line, no traceback
+    except UserError as exc:  # manifest, model, output, cluster plan: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"\n{description.splitlines()[0]}: run {result.run_id} → {result.output}")

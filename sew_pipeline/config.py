@@ -14,7 +14,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, TypeVar
+from typing import Any, Literal, Optional, Sequence, TypeVar, Union
 
 import yaml
 
@@ -66,6 +66,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 errors.append(exc)
         raise _type_error(key, value, tp)
     if origin is typing.Literal:
+        if isinstance(value, bool) and {"yes", "no"} <= set(args):
+            value = "yes" if value else "no"  # YAML 1.1 reads a bare yes/no as a bool
         if value in args:
             return value
         raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {_show(key, value)}")
@@ -300,7 +302,9 @@ class FinalizeConfig:
 @dataclasses.dataclass
 class PipelineConfig:
     """Keys shared by every job that runs a model over a manifest."""
-    manifest: str = opt("", "manifest URI (JSONL/CSV/Parquet) or a folder in the LibriSpeech layout")
+    manifest: Union[str, list[str]] = opt(
+        "", "manifest URI (JSONL/CSV/Parquet), a folder or glob of such parts, a LibriSpeech folder, or a list "
+            "of any of these (local or s3://)")
     output: str = opt("", "output Parquet folder: a local path or s3:// URI (rerun = resume)")
     model: str = opt("demo-ctc", "checkpoint folder or URI, or a shipped default (demo-ctc, demo-kws)")
     storage_options: dict[str, Any] = opt({}, "s3:// access: endpoint_url, key, secret, region "
@@ -309,6 +313,10 @@ class PipelineConfig:
                                           "prefixes (s3://bucket/dir, /local/dir) become 'not_allowed' error rows")
     ray_address: Optional[str] = opt(None, "Ray cluster to join; null = RAY_ADDRESS or a local Ray")
     limit: Optional[int] = opt(None, "process only the first N manifest rows (smoke runs)")
+    progress_timeout_s: float = opt(600.0, "fail the job when no stage makes progress for this long, naming the "
+                                           "starved stage (0 = wait forever)")
+    max_passes: int = opt(3, "passes over the ids not yet written: a pass aborted by a lost node or ids lost in a "
+                             "restarted actor are redone by the next one (written ids are final)")
     resume: bool = opt(True, "skip ids already present in the output (false: the output must be empty)")
     window_s: float = opt(30.0, "long audio is cut into equal windows of at most this length")
     overlap_s: float = opt(2.0, "overlap between consecutive windows")
@@ -328,6 +336,8 @@ class PipelineConfig:
             raise ConfigError("window_s must be > 0 and 0 <= overlap_s < window_s / 2")
         if self.limit is not None and self.limit < 0:
             raise ConfigError("limit must be >= 0")
+        if self.progress_timeout_s < 0 or self.max_passes < 1:
+            raise ConfigError("progress_timeout_s must be >= 0 and max_passes >= 1")
 
 
 @dataclasses.dataclass

@@ -81,6 +81,11 @@ def redact(text: str, extra_secrets: Iterable[str] = ()) -> str:
     return _AWS_KEY_ID.sub("***", text)
 
 
+class UserError(ValueError):
+    """A mistake in what the user asked for (manifest, model, output, cluster plan): the job prints
+    this one line and exits 2; tracebacks are kept for our own bugs."""
+
+
 class ItemError(Exception):
     """A failure that belongs to one item. `message` is redacted and names the URI."""
 

@@ -1,11 +1,11 @@
 """Manifests -> one Arrow table with a stable `id` per row (the join key everywhere downstream).
 
-Accepted inputs (local path or any fsspec URI):
+Accepted inputs (local path or any fsspec URI; one of them, or a folder / glob / list of parts):
 - JSONL (NeMo style: audio_filepath, duration, offset, text; any other keys kept in `extra`),
 - CSV / TSV with a header row, Parquet (same column names as JSONL),
 - a directory in the LibriSpeech layout: <split>/<speaker>/<chapter>/*.flac + <speaker>-<chapter>.trans.txt.
 Relative audio paths resolve against the manifest's own location. Structural problems with the manifest
-itself (unparsable line, no audio column, duplicate given ids) raise ValueError naming the manifest;
+itself (missing, unparsable line, duplicate given ids) raise ManifestError naming the manifest;
 per-audio problems are left to decoding, which turns them into error rows.
 """
 from __future__ import annotations
@@ -14,13 +14,16 @@ import csv
 import io
 import json
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import fsspec.compression
+import fsspec.utils
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sew_pipeline import storage
+from sew_pipeline.errors import UserError, redact
 
 SCHEMA = pa.schema([
     ("id", pa.string()), ("audio_uri", pa.string()), ("offset_s", pa.float64()),
@@ -39,26 +42,95 @@ _ALIASES = {
 _AUDIO_EXTS = (".flac", ".wav", ".mp3", ".ogg", ".opus")
 
 
-def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """Read any supported manifest into a table with `SCHEMA` (one row per input row, input order)."""
+class ManifestError(UserError):
+    """The manifest itself cannot be used (missing, unparsable, no audio column, duplicate given ids)."""
+
+
+_PART_EXTS = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+_GLOB_CHARS = "*?["
+
+
+def read_manifest(uri: str | Sequence[str], storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """Read a manifest into a table with `SCHEMA` (one row per input row, in input order).
+
+    ``uri`` is one manifest file, a folder of manifest parts, a glob of parts, a LibriSpeech root, or a
+    list of any of these (local or any fsspec URI). Parts are read in sorted order, fetched concurrently
+    (one request per part on object storage); ids are unique across all parts.
+    """
     opts = storage_options if storage_options is not None else storage.storage_options()
+    ids = _Ids()
+    tables = []
+    for given in [uri] if isinstance(uri, str) else list(uri):
+        fs, path, parts = _expand(given, opts)
+        if parts is None:  # a LibriSpeech root
+            tables.append(_librispeech(given, fs, path))
+            continue
+        for part, data in zip(parts, _fetch(fs, parts)):
+            tables.append(_normalise(_records(part, data), storage.dirname(part), part, ids))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _expand(uri: str, opts: Mapping[str, Any]) -> tuple[Any, str, list[str] | None]:
+    """(fs, path, part URIs) for one manifest argument; parts None for a LibriSpeech root."""
     fs, path = storage.filesystem(uri, opts)
+
+    def full(p: str) -> str:
+        return fs.unstrip_protocol(p) if storage.is_remote(uri) else p
+    if any(c in path for c in _GLOB_CHARS):
+        found = sorted(p for p in fs.glob(path) if _is_part(p) and not fs.isdir(p))
+        if not found:
+            raise ManifestError(f"manifest {redact(uri)}: no manifest part ({', '.join(_PART_EXTS)}) matches")
+        return fs, path, [full(p) for p in found]
     if fs.isdir(path):
-        return _librispeech(uri, fs, path)
+        files = sorted(fs.find(path))
+        parts = [full(f) for f in files if _is_part(f)]
+        if any(f.endswith(".trans.txt") for f in files) or (
+                not parts and any(f.lower().endswith(_AUDIO_EXTS) for f in files)):
+            return fs, path, None
+        if not parts:
+            raise ManifestError(f"manifest folder {redact(uri)} holds neither manifest parts "
+                                f"({', '.join(_PART_EXTS)}) nor a LibriSpeech layout (audio + *.trans.txt)")
+        return fs, path, parts
+    if not fs.exists(path):
+        raise ManifestError(f"manifest {redact(uri)}: not found (set `manifest` to a file, folder or glob)")
+    return fs, path, [uri]
+
+
+def _is_part(path: str) -> bool:
+    name = path.lower()
+    for suffix in _COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    return name.endswith(_PART_EXTS) and not posixpath.basename(name).startswith((".", "_"))
+
+
+def _fetch(fs, parts: list[str]) -> list[bytes]:
+    """Bytes of every part; async filesystems (s3fs) fetch them concurrently in one call."""
+    paths = [fs._strip_protocol(p) for p in parts]
+    found = fs.cat(paths, on_error="return") if len(paths) > 1 else {paths[0]: fs.cat_file(paths[0])}
+    for part, path in zip(parts, paths):
+        if isinstance(found.get(path), BaseException):
+            raise ManifestError(f"manifest part {redact(part)}: cannot read: {redact(str(found[path]))}")
+    return [found[p] for p in paths]
+
+
+def _records(uri: str, data: bytes) -> Iterable[dict]:
     name = uri.lower()
-    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+    compression = fsspec.utils.infer_compression(name)
+    if compression:
+        with fsspec.compression.compr[compression](io.BytesIO(data)) as f:
+            data = f.read()
+    for suffix in _COMPRESSIONS:
         name = name.removesuffix(suffix)
     if name.endswith((".parquet", ".pq")):
-        with fs.open(path, "rb") as f:
-            records: Iterable[dict] = pq.read_table(f).to_pylist()
-    else:
-        with fs.open(path, "rb", compression="infer") as f:
-            text = f.read().decode("utf-8-sig")
-        if name.endswith((".csv", ".tsv")):
-            records = csv.DictReader(io.StringIO(text), delimiter="\t" if name.endswith(".tsv") else ",")
-        else:  # .jsonl / .json / .ndjson / anything else: JSON lines
-            records = _jsonl(text, uri)
-    return _normalise(records, base=storage.dirname(uri), manifest=uri)
+        try:
+            return pq.read_table(io.BytesIO(data)).to_pylist()
+        except pa.ArrowInvalid as exc:
+            raise ManifestError(f"{redact(uri)}: not a readable Parquet file: {exc}") from None
+    text = data.decode("utf-8-sig")
+    if name.endswith((".csv", ".tsv")):
+        return csv.DictReader(io.StringIO(text), delimiter="\t" if name.endswith(".tsv") else ",")
+    return _jsonl(text, uri)  # .jsonl / .json / .ndjson / anything else: JSON lines
 
 
 def _jsonl(text: str, uri: str) -> Iterable[dict]:
@@ -68,9 +140,9 @@ def _jsonl(text: str, uri: str) -> Iterable[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{uri}: line {lineno} is not valid JSON: {exc.msg}") from None
+            raise ManifestError(f"{uri}: line {lineno} is not valid JSON: {exc.msg}") from None
         if not isinstance(rec, dict):
-            raise ValueError(f"{uri}: line {lineno} is not a JSON object")
+            raise ManifestError(f"{uri}: line {lineno} is not a JSON object")
         yield rec
 
 
@@ -89,7 +161,7 @@ def _float(value: Any, field: str, manifest: str, row: int) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{manifest}: row {row}: {field}={value!r} is not a number") from None
+        raise ManifestError(f"{manifest}: row {row}: {field}={value!r} is not a number") from None
 
 
 def _str(value: Any) -> str | None:
@@ -109,10 +181,19 @@ def derive_id(path: str, offset_s: float | None = None, duration_s: float | None
     return rid
 
 
-def _normalise(records: Iterable[dict], base: str, manifest: str) -> pa.Table:
+class _Ids:
+    """Ids seen so far, across all parts of one manifest: given duplicates are an error, derived
+    duplicates (the same file listed twice) get a ~n suffix."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, int]] = {}  # id -> (part, row) where it first appeared
+        self.dups: dict[str, int] = {}
+
+
+def _normalise(records: Iterable[dict], base: str, manifest: str, ids: _Ids | None = None) -> pa.Table:
     cols: dict[str, list] = {f.name: [] for f in SCHEMA}
-    seen: dict[str, int] = {}
-    dups: dict[str, int] = {}
+    ids = ids or _Ids()
+    seen, dups = ids.seen, ids.dups
     for row, rec in enumerate(records):
         rec = dict(rec)
         path = _pop(rec, _PATH_KEYS)
@@ -128,10 +209,12 @@ def _normalise(records: Iterable[dict], base: str, manifest: str) -> pa.Table:
             rid = f"row-{row}"  # no path: still a row (decoding reports it as 'missing')
         if rid in seen:
             if given:
-                raise ValueError(f"{manifest}: duplicate id {rid!r} (rows {seen[rid]} and {row})")
+                first, first_row = seen[rid]
+                where = f"rows {first_row} and {row}" if first == manifest else f"row {row}; first in {first}"
+                raise ManifestError(f"{manifest}: duplicate id {rid!r} ({where})")
             dups[rid] = dups.get(rid, 0) + 1
             rid = f"{rid}~{dups[rid]}"  # same segment listed twice: both rows kept, ids stay in input order
-        seen[rid] = row
+        seen[rid] = (manifest, row)
         cols["id"].append(rid)
         cols["audio_uri"].append(storage.join(base, str(path)) if path is not None else None)
         cols["offset_s"].append(offset)

@@ -9,23 +9,26 @@ model → spec.ModelSpec (driver, once); manifest (driver) → filter ids alread
 """
 from __future__ import annotations
 
+import _thread
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from ray.data.datasource import FilenameProvider
 
-from sew_pipeline import storage
+from sew_pipeline import plan, storage
 from sew_pipeline.config import LabelConfig, PipelineConfig, TranscribeConfig, redacted_dict
-from sew_pipeline.errors import redact
+from sew_pipeline.errors import UserError, redact
 from sew_pipeline import spec as model_spec
 from sew_pipeline.postprocess import KeyedMerge, finalize_batch
 from sew_pipeline.predictors import decode_batch, predictor_class
@@ -35,16 +38,15 @@ from sew_pipeline.summary import SUMMARY_COLUMNS, format_table, summarize
 
 log = logging.getLogger(__name__)
 
-# Fault tolerance. Decode, finalize and write tasks are retried when their worker dies (their outputs are
-# deterministic, and output file names are per task, so a redo rewrites rather than duplicates).
-# Model and merge actors restart without limit, and a batch whose actor died is resubmitted up to
-# ACTOR_TASK_RETRIES times (bounded: a batch that kills its actor every time must fail the run, not
-# loop forever). Every row is keyed by (id, item, chunk) and a merge completes an id once. Ids lost
-# inside a run (a merge actor's pending rows when it restarts) are redone by a further pass of the same
-# run, up to MAX_PASSES; any still missing make the job exit 1.
+# Fault tolerance. Decode and finalize tasks and model actors keep Ray Data's own retry defaults (tasks
+# retried and actors restarted, without limit, when their process dies: Ray deprecates setting these per
+# stage); their outputs are deterministic and keyed by (id, item, chunk), and output file names are per
+# write task, so a redo rewrites rather than duplicates. Write tasks and merge actors (ours) retry a
+# bounded number of times. Ids lost inside a run (a merge actor's pending rows when it restarts) are
+# redone by a further pass of the same run, as are the ids of a pass that a lost node aborted, up to
+# `max_passes`; any still missing make the job exit 1.
 TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 3
-MAX_PASSES = 2
 
 
 @dataclass
@@ -78,9 +80,31 @@ def label(cfg: LabelConfig) -> JobResult:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a local Ray."""
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``) or the cluster `ray start` recorded,
+    else start a local Ray. A dead recorded cluster (a head killed without `ray stop`) would be retried by
+    ray.init for minutes: it is skipped, with a warning. A dead configured address is a one-line error."""
+    if ray.is_initialized():
+        return
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    if given and given not in ("auto", "local") and "://" not in given and not plan.answers(given):
+        raise plan.PlanError(f"ray_address / RAY_ADDRESS {given}: no Ray cluster answers there "
+                             "(start it, or unset both to run on a local Ray)")
+    if not given or given == "auto":
+        recorded = _recorded_address()
+        if recorded and not plan.answers(recorded):
+            log.warning("the Ray cluster recorded at %s (ray_current_cluster) is not running (killed without "
+                        "`ray stop`?); starting a local Ray instead", recorded)
+            given = "local"
+    ray.init(address=given, log_to_driver=True, logging_level=logging.WARNING)
+
+
+def _recorded_address() -> str | None:
+    """The address ray.init() would join when given none (ray_current_cluster), if any."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+        return get_ray_address_from_environment(None, None)
+    except Exception:  # noqa: BLE001 - a private helper: if it moves, ray.init decides as before
+        return None
 
 
 def _absolute(cfg: PipelineConfig) -> PipelineConfig:
@@ -88,7 +112,8 @@ def _absolute(cfg: PipelineConfig) -> PipelineConfig:
     def fix(uri: str) -> str:
         return uri if storage.is_remote(uri) or not uri else os.path.abspath(uri)
     model = fix(cfg.model) if os.path.exists(cfg.model) else cfg.model  # else a shipped name
-    return dataclasses.replace(cfg, manifest=fix(cfg.manifest), output=fix(cfg.output), model=model,
+    manifest = fix(cfg.manifest) if isinstance(cfg.manifest, str) else [fix(m) for m in cfg.manifest]
+    return dataclasses.replace(cfg, manifest=manifest, output=fix(cfg.output), model=model,
                                allowed_prefixes=[fix(p) for p in cfg.allowed_prefixes])
 
 
@@ -96,43 +121,95 @@ def run(cfg: PipelineConfig) -> JobResult:
     t0 = time.perf_counter()
     cfg = _absolute(cfg)
     options = storage.storage_options(cfg.storage_options)
-    spec = model_spec.resolve(cfg.model, options)  # before Ray starts: a wrong model is one clear line
-    ensure_ray(cfg.ray_address)
+    # Everything that needs no cluster is checked before Ray starts: a user error is one line, at once.
+    spec = model_spec.resolve(cfg.model, options)
     store = ResultStore(cfg.output, options)
+    if not cfg.resume and store.files():  # appending a second full run would duplicate every id
+        raise UserError(f"output {redact(cfg.output)} already holds results and resume is false: "
+                        "use a new output location, or resume: true to complete it")
+    manifest = _load_manifest(cfg, options)
+    ensure_ray(cfg.ray_address)
+    plan.check(cfg, _cluster())
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log.info("run %s config %s", run_id, redacted_dict(cfg))
 
-    manifest = _load_manifest(cfg, options)
     skipped = 0
-    if not cfg.resume and store.files():
-        # appending a second full run would duplicate every id
-        raise ValueError(f"output {redact(cfg.output)} already holds results and resume is false: "
-                         "use a new output location, or resume: true to complete it")
     if cfg.resume:
         store.quarantine_incomplete()
         remaining = _without(manifest, store.completed_ids())
         skipped, manifest = manifest.num_rows - remaining.num_rows, remaining
     todo, columns = manifest, SUMMARY_COLUMNS + (["level"] if cfg.task == "classification" else [])
-    rows = None
-    for attempt in range(1, MAX_PASSES + 1):
+    rows, watchdog = None, _Watchdog(cfg.progress_timeout_s)
+    for attempt in range(1, cfg.max_passes + 1):
         if not todo.num_rows:
             break
-        if attempt > 1:  # ids lost inside the run (e.g. a merge actor restarted): redo just those
-            log.warning("pass %d: %d id(s) were not written; running them again", attempt, todo.num_rows)
-        merges = _start_merges(cfg)
+        if attempt > 1:
+            cfg = _refit(cfg)
+            log.warning("pass %d: %d id(s) not written yet; running them again", attempt, todo.num_rows)
         try:
-            build_dataset(cfg, todo, run_id, spec, merges).write_parquet(
-                _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
-                schema=output_schema(cfg.task), min_rows_per_file=cfg.finalize.rows_per_file,
-                ray_remote_args={"num_cpus": 0, "max_retries": TASK_RETRIES})
-        finally:
-            for handle in merges.handles:
-                ray.kill(handle)
+            _write_pass(cfg, todo, run_id, spec, store, watchdog)
+        except ray.exceptions.RayError as exc:
+            if not _lost_resources(exc) or attempt == cfg.max_passes:
+                raise
+            # A lost node (or an actor Ray gave up on) aborts Ray Data's whole execution. Written ids are
+            # final, so the next pass redoes only the rest, on what is left of the cluster.
+            log.warning("pass %d aborted: %s", attempt, redact(str(exc).splitlines()[0] if str(exc) else repr(exc)))
+            store.quarantine_incomplete()
         rows = store.read(columns, run_id=run_id)  # one read-back per pass: what was written, and the summary
         todo = _without(todo, set(rows.column("id").to_pylist()) if rows is not None else set())
     summary = summarize(rows, cfg.task, time.perf_counter() - t0, manifest.num_rows + skipped, skipped,
                         expected=manifest.num_rows)
     return JobResult(output=redact(cfg.output), run_id=run_id, summary=summary)
+
+
+def _write_pass(cfg: PipelineConfig, todo: pa.Table, run_id: str, spec: model_spec.ModelSpec,
+                store: ResultStore, watchdog: "_Watchdog") -> None:
+    """One execution of the pipeline over ``todo``, streaming into ``store``."""
+    merges, progress = _start_merges(cfg), _Progress.options(num_cpus=0, max_restarts=-1).remote()
+    try:
+        with watchdog.watching(progress):
+            build_dataset(cfg, todo, run_id, spec, merges, progress).write_parquet(
+                _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
+                schema=output_schema(cfg.task), min_rows_per_file=cfg.finalize.rows_per_file,
+                ray_remote_args={"num_cpus": 0, "max_retries": TASK_RETRIES})
+    finally:
+        for handle in [*merges.handles, progress]:
+            ray.kill(handle)
+
+
+def _cluster() -> plan.Cluster:
+    return plan.Cluster.from_ray_nodes(ray.nodes())
+
+
+def _refit(cfg: PipelineConfig) -> PipelineConfig:
+    """After a lost node: as many model actors as the remaining cluster fits (a plan for the lost node's
+    CPUs would wait for them forever)."""
+    cluster = _cluster()
+    n = plan.fit_actors(cfg, cluster)
+    if n == 0:
+        plan.check(cfg, cluster)  # raises the PlanError that says why
+    if n < cfg.inference.num_actors:
+        log.warning("%s: going on with inference.num_actors=%d (was %d)", cluster.describe(), n,
+                    cfg.inference.num_actors)
+        cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, num_actors=n))
+    return cfg
+
+
+# What a lost node or process looks like to the driver (possibly wrapped in a task error).
+_LOST = tuple(getattr(ray.exceptions, name) for name in (
+    "RayActorError", "ActorUnavailableError", "ActorDiedError", "NodeDiedError", "ObjectLostError",
+    "OwnerDiedError", "WorkerCrashedError", "LocalRayletDiedError", "ObjectReconstructionFailedError")
+    if hasattr(ray.exceptions, name))
+
+
+def _lost_resources(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _LOST) or isinstance(getattr(exc, "cause", None), _LOST):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _without(manifest: pa.Table, ids: set[str]) -> pa.Table:
@@ -165,12 +242,102 @@ def _load_manifest(cfg: PipelineConfig, options: dict) -> pa.Table:
     return table
 
 
-def _model_resources(cfg: PipelineConfig) -> dict[str, Any]:
-    inf = cfg.inference
-    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    if inf.use_gpu == "yes" or (inf.use_gpu == "auto" and has_gpu):
-        return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": inf.cpus_per_actor}
+# ------------------------------------------------------------------ progress watchdog
+@ray.remote
+class _Progress:
+    """Rows out of each stage, reported fire-and-forget by the stage wrappers; read by the watchdog."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def tick(self, stage: str, rows: int) -> None:
+        self.counts[stage] = self.counts.get(stage, 0) + rows
+
+    def read(self) -> dict[str, int]:
+        return self.counts
+
+
+class _Watchdog:
+    """A driver thread polling `_Progress`; when plan.Watchdog says the job stalled it interrupts the
+    blocked write (KeyboardInterrupt in the main thread), which `watching` turns into a one-line error."""
+
+    POLL_S = 2.0
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+
+    @contextlib.contextmanager
+    def watching(self, progress):
+        if not self.timeout_s:
+            yield
+            return
+        stop, verdict = threading.Event(), []
+
+        def poll() -> None:
+            judge = plan.Watchdog(self.timeout_s, time.monotonic())
+            while not stop.wait(self.POLL_S):
+                try:
+                    counts = ray.get(progress.read.remote(), timeout=30)
+                except Exception:  # noqa: BLE001 - a restarting progress actor is not a stall
+                    continue
+                message = judge.observe(counts, time.monotonic())
+                if message:
+                    verdict.append(f"{message}; free: {_free_resources()}")
+                    _thread.interrupt_main()
+                    return
+        thread = threading.Thread(target=poll, name="sew-watchdog", daemon=True)
+        thread.start()
+        try:
+            yield
+        except KeyboardInterrupt:
+            if verdict:
+                raise plan.PlanError(verdict[0]) from None
+            raise
+        finally:
+            stop.set()
+
+
+def _free_resources() -> str:
+    free = ray.available_resources()
+    return ", ".join(f"{k} {free.get(k, 0):g}/{v:g}" for k, v in ray.cluster_resources().items()
+                     if k in ("CPU", "GPU"))
+
+
+class _Tick:
+    """Picklable reporter handed to stage wrappers (one actor call per output block, not awaited)."""
+
+    def __init__(self, progress, stage: str):
+        self.progress, self.stage = progress, stage
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        self.progress.tick.remote(self.stage, table.num_rows)
+        return table
+
+
+def _decode_counted(batch: pa.Table, tick: _Tick, **kwargs) -> Iterator[pa.Table]:
+    for table in decode_batch(batch, **kwargs):
+        yield tick(table)
+
+
+def _finalize_counted(batch: pa.Table, tick: _Tick, **kwargs) -> pa.Table:
+    return tick(finalize_batch(batch, **kwargs))
+
+
+# Ray names stages and worker processes after these (ray::MapBatches(finalize_batch)): keep the stage names.
+for _fn, _inner in ((_decode_counted, decode_batch), (_finalize_counted, finalize_batch)):
+    _fn.__name__ = _fn.__qualname__ = _inner.__name__
+
+
+def _counted_predictor(cls: type) -> type:
+    class Counted(cls):
+        def __init__(self, tick: _Tick, **kwargs):
+            super().__init__(**kwargs)
+            self._tick = tick
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            return self._tick(super().__call__(batch))
+    Counted.__name__ = Counted.__qualname__ = cls.__name__  # what progress bars and fault tests name
+    return Counted
 
 
 # ------------------------------------------------------------------ keyed merge for ids spanning blocks
@@ -200,9 +367,10 @@ def _start_merges(cfg: PipelineConfig) -> RemoteMerge:
 
 
 def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: model_spec.ModelSpec,
-                  merge: RemoteMerge) -> ray.data.Dataset:
-    """The lazy Ray Dataset for ``manifest``; nothing runs until it is consumed."""
-    resources = _model_resources(cfg)
+                  merge: RemoteMerge, progress=None) -> ray.data.Dataset:
+    """The lazy Ray Dataset for ``manifest``; nothing runs until it is consumed. With a `_Progress`
+    actor, every stage reports its output rows to it (for the watchdog)."""
+    resources = plan.model_resources(cfg, _cluster())
     if "num_gpus" in resources:  # the actors must use the GPU the pipeline reserved for them
         cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, use_gpu="yes"))
     # from_blocks computes block metadata here; from_arrow runs a remote task per block for it (~2 s of a
@@ -213,18 +381,20 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: mo
     # object store a slice at a time instead of queueing there whole (derived datasets inherit this context).
     source.context.target_max_block_size = int(2 * cfg.decode.slice_mb * 2**20)
     top_k = getattr(cfg, "top_k", 1)
+
+    def ticks(stage: str):
+        return _Tick(progress, stage) if progress is not None else (lambda table: table)
     return (
         source
-        .map_batches(decode_batch, fn_kwargs={"cfg": cfg, "spec": spec}, batch_size=None,
+        .map_batches(_decode_counted, fn_kwargs={"cfg": cfg, "spec": spec, "tick": ticks("decode")}, batch_size=None,
                      batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
-                     memory=cfg.decode.memory_mb * 2**20, max_retries=TASK_RETRIES)
-        .map_batches(predictor_class(cfg.task), fn_constructor_kwargs={"cfg": cfg, "spec": spec},
+                     memory=cfg.decode.memory_mb * 2**20)
+        .map_batches(_counted_predictor(predictor_class(cfg.task)),
+                     fn_constructor_kwargs={"cfg": cfg, "spec": spec, "tick": ticks("model")},
                      batch_size=cfg.inference.batch_rows, batch_format="pyarrow",
-                     compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors),
-                     max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES, **resources)
+                     compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors), **resources)
         # Stateless and scaled out: no process sees every row.
-        .map_batches(finalize_batch, fn_kwargs={"spec": spec, "task": cfg.task, "run_id": run_id, "top_k": top_k,
-                                                "merge": merge},
-                     batch_size=None, batch_format="pyarrow", num_cpus=cfg.finalize.num_cpus,
-                     max_retries=TASK_RETRIES)
+        .map_batches(_finalize_counted, fn_kwargs={"spec": spec, "task": cfg.task, "run_id": run_id, "top_k": top_k,
+                                                   "merge": merge, "tick": ticks("finalize")},
+                     batch_size=None, batch_format="pyarrow", num_cpus=cfg.finalize.num_cpus)
     )

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 
 from sew_pipeline.chunking import conv_frames
-from sew_pipeline.errors import redact
+from sew_pipeline.errors import UserError, redact
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(UserError):
     """The configured model has no readable config.json (a user error, reported in one line)."""
 
 
