@@ -8,11 +8,14 @@ config keys and what the cluster has. Pure functions over plain dicts: no Ray im
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from sew_pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class PlanError(UserError):
@@ -83,6 +86,10 @@ def check(cfg, cluster: Cluster) -> dict[str, float]:
             f"({'one per GPU actor' if gpu else 'inference.cpus_per_actor'}) + {beside:g} for "
             f"decode.num_cpus/finalize.num_cpus, but {where}: lower inference.num_actors"
             f"{'' if gpu else ' or inference.cpus_per_actor'}, or decode.num_cpus")
+    if need + min(cfg.decode.num_cpus, cfg.finalize.num_cpus) > cluster.cpus + 1e-9:
+        log.warning("decode and finalize tasks cannot run side by side beside %d model actor(s) on %g CPUs: "
+                    "output is written only as decoding pauses (lower decode.num_cpus or finalize.num_cpus)",
+                    n, cluster.cpus)
     if not any(node.cpus >= cfg.decode.num_cpus for node in cluster.nodes):
         raise PlanError(f"decode.num_cpus={cfg.decode.num_cpus:g} does not fit on any node: {where}")
     memory = cfg.decode.memory_mb * 2**20
@@ -130,8 +137,10 @@ class Watchdog:
         self.counts: dict[str, int] = {}
         self.since = now
 
-    def observe(self, counts: Mapping[str, int], now: float) -> str | None:
-        """None while progressing; a message once stalled."""
+    def observe(self, counts: Mapping[str, int] | None, now: float) -> str | None:
+        """None while progressing (or when the counts could not be read); a message once stalled."""
+        if counts is None:
+            return None
         if dict(counts) != self.counts:
             self.counts, self.since = dict(counts), now
             return None

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # `max_passes`; any still missing make the job exit 1.
 TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 3
+ABORT_GRACE_S = 5.0
 
 
 @dataclass
@@ -148,12 +149,14 @@ def run(cfg: PipelineConfig) -> JobResult:
             log.warning("pass %d: %d id(s) not written yet; running them again", attempt, todo.num_rows)
         try:
             _write_pass(cfg, todo, run_id, spec, store, watchdog)
-        except ray.exceptions.RayError as exc:
-            if not _lost_resources(exc) or attempt == cfg.max_passes:
-                raise
-            # A lost node (or an actor Ray gave up on) aborts Ray Data's whole execution. Written ids are
-            # final, so the next pass redoes only the rest, on what is left of the cluster.
+        except (ray.exceptions.RayError, NodeLost) as exc:
+            if not (isinstance(exc, NodeLost) or _lost_resources(exc)):
+                raise  # our own bug, or a user function failing: not something another pass would mend
+            # A lost node (or an actor Ray gave up on) ends Ray Data's whole execution. Written ids are
+            # final, so the next pass redoes only the rest, on what is left of the cluster. The grace
+            # period lets write tasks cancelled by the shutdown end before the output is read back.
             log.warning("pass %d aborted: %s", attempt, redact(str(exc).splitlines()[0] if str(exc) else repr(exc)))
+            time.sleep(ABORT_GRACE_S)
             store.quarantine_incomplete()
         rows = store.read(columns, run_id=run_id)  # one read-back per pass: what was written, and the summary
         todo = _without(todo, set(rows.column("id").to_pylist()) if rows is not None else set())
@@ -257,9 +260,16 @@ class _Progress:
         return self.counts
 
 
+class NodeLost(RuntimeError):
+    """A node alive when the pass began is gone: the pass is cut short and the next one redoes the rest."""
+
+
 class _Watchdog:
-    """A driver thread polling `_Progress`; when plan.Watchdog says the job stalled it interrupts the
-    blocked write (KeyboardInterrupt in the main thread), which `watching` turns into a one-line error."""
+    """A driver thread watching a pass: the live nodes (`ray.nodes()`) and the stage row counts of
+    `_Progress`. A node lost mid-pass, or a stall by plan.Watchdog's rule, interrupts the blocked write
+    (KeyboardInterrupt in the main thread), which `watching` turns into `NodeLost` or a one-line error.
+    (After a lost node Ray Data may wait forever for a restarted actor that no node has room for,
+    or abort: either way the pass ends here.)"""
 
     POLL_S = 2.0
 
@@ -268,33 +278,47 @@ class _Watchdog:
 
     @contextlib.contextmanager
     def watching(self, progress):
-        if not self.timeout_s:
-            yield
-            return
         stop, verdict = threading.Event(), []
+        nodes = _alive_nodes() or set()
 
         def poll() -> None:
             judge = plan.Watchdog(self.timeout_s, time.monotonic())
             while not stop.wait(self.POLL_S):
-                try:
-                    counts = ray.get(progress.read.remote(), timeout=30)
-                except Exception:  # noqa: BLE001 - a restarting progress actor is not a stall
+                alive = _alive_nodes()
+                lost = nodes - alive if alive is not None else set()
+                if lost:
+                    verdict.append(NodeLost(f"{len(lost)} node(s) lost mid-pass: {', '.join(sorted(lost))[:200]}"))
+                elif message := judge.observe(_counts(progress), time.monotonic()):
+                    verdict.append(plan.PlanError(f"{message}; free: {_free_resources()}"))
+                else:
                     continue
-                message = judge.observe(counts, time.monotonic())
-                if message:
-                    verdict.append(f"{message}; free: {_free_resources()}")
-                    _thread.interrupt_main()
-                    return
+                _thread.interrupt_main()
+                return
         thread = threading.Thread(target=poll, name="sew-watchdog", daemon=True)
         thread.start()
         try:
             yield
         except KeyboardInterrupt:
             if verdict:
-                raise plan.PlanError(verdict[0]) from None
+                raise verdict[0] from None
             raise
         finally:
             stop.set()
+            thread.join()
+
+
+def _alive_nodes() -> set[str] | None:
+    try:
+        return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    except Exception:  # noqa: BLE001 - a GCS hiccup is not a lost node
+        return None
+
+
+def _counts(progress) -> dict[str, int] | None:
+    try:
+        return ray.get(progress.read.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - a restarting progress actor is not a stall
+        return None
 
 
 def _free_resources() -> str:

@@ -68,31 +68,77 @@ def _holds_file_under(proc: Path, prefix: str) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")
-def ray_head_cluster(tmp_path_factory):
-    """`ray start --head` on 127.0.0.1 with RAY_AUTH_MODE=token; stopped (its processes only) after."""
-    temp_dir = Path(f"/tmp/ray_head_{uuid.uuid4().hex[:8]}")
-    token = uuid.uuid4().hex + uuid.uuid4().hex
-    port, dash = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
-               SEW_TEST_CLUSTER=temp_dir.name, RAY_USAGE_STATS_ENABLED="0")
+def _start_node(temp_dir: Path, env: dict, num_cpus: int, head: str | None = None) -> tuple[str, str]:
+    """`ray start` of a head (head=None) or of a worker joining ``head``, on 127.0.0.1 with its own temp dir
+    (a shared one lets one node's runtime-env cleanup delete the other's working_dir). Returns
+    (GCS address, dashboard URL) for a head."""
     # Every fixed default port (agent 52365, client 10001, ...) would collide with other clusters on
     # this machine (other sessions' Rays, the shared test Ray): give each one a free port.
     ports = [f"--{name}={free_port()}" for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0", *ports,
-           f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats"]
-    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180,
-                         start_new_session=True)
-    cluster = HeadCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env, temp_dir)
+        "metrics-export-port", "node-manager-port", "object-manager-port")]
+    port, dash = free_port(), free_port()
+    role = (["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             "--include-dashboard=true", f"--ray-client-server-port={free_port()}"] if head is None
+            else [f"--address={head}"])
+    cmd = [str(VENV_BIN / "ray"), "start", *role, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+           "--num-gpus=0", *ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    out = subprocess.run(cmd, env={**env, "SEW_TEST_CLUSTER": temp_dir.name}, cwd=REPO, capture_output=True,
+                         text=True, timeout=180, start_new_session=True)
+    assert out.returncode == 0, f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+
+
+def _token_env(temp_dir: Path) -> dict:
+    token = uuid.uuid4().hex + uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+               SEW_TEST_CLUSTER=temp_dir.name, RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+@pytest.fixture(scope="session")
+def ray_head_cluster(tmp_path_factory):
+    """`ray start --head` on 127.0.0.1 with RAY_AUTH_MODE=token; stopped (its processes only) after."""
+    temp_dir = Path(f"/tmp/ray_head_{uuid.uuid4().hex[:8]}")
+    env = _token_env(temp_dir)
+    cluster = HeadCluster("", "", env, temp_dir)
     try:
-        assert out.returncode == 0, f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        cluster.address, cluster.dashboard_url = _start_node(temp_dir, env, num_cpus=2)
         yield cluster
     finally:
         _stop(cluster)
+
+
+@dataclass
+class TwoNodes:
+    head: HeadCluster
+    worker_temp_dir: Path
+
+    def kill_worker(self) -> int:
+        """SIGKILL every process of the worker node (its raylet, workers and actors): a lost machine."""
+        pids = _ray_pids(self.worker_temp_dir)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+
+@pytest.fixture
+def ray_two_nodes():
+    """A head and a worker node on 127.0.0.1 (own temp dirs and ports, token auth), 2 CPUs each."""
+    head_dir, worker_dir = (Path(f"/tmp/ray_{role}_{uuid.uuid4().hex[:8]}") for role in ("head", "wrk"))
+    env = _token_env(head_dir)
+    head = HeadCluster("", "", env, head_dir)
+    try:
+        head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=2)
+        _start_node(worker_dir, env, num_cpus=2, head=head.address)
+        yield TwoNodes(head, worker_dir)
+    finally:
+        _stop(HeadCluster("", "", env, worker_dir))
+        _stop(head)
 
 
 def _stop(cluster: HeadCluster) -> None:
