@@ -1,0 +1,108 @@
+"""A job outlives the loss of a worker node: head + worker on 127.0.0.1, `ray job submit` with S3 in and out,
+model actors on both nodes, the worker node SIGKILLed mid-job; the job succeeds with every id exactly once."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS, CLIPS = 1200, 20
+
+
+def _upload_corpus(s3, bucket: str) -> str:
+    rng = np.random.default_rng(0)
+    for i in range(CLIPS):
+        buf = io.BytesIO()
+        t = np.arange(int(16000 * (0.5 + 0.05 * i))) / 16000
+        sf.write(buf, (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(t.size))
+                 .astype("float32"), 16000, format="WAV")
+        s3.put(bucket, f"corpus/clips/c{i:02d}.wav", buf.getvalue())
+    lines = [json.dumps({"id": f"r{n:05d}", "audio_filepath": f"clips/c{n % CLIPS:02d}.wav"}) for n in range(ROWS)]
+    return s3.put(bucket, "corpus/manifest.jsonl", "\n".join(lines) + "\n")
+
+
+def _actor_nodes(cluster, ray_cli: str) -> set[str]:
+    """Node ids holding a live model actor (CTCPredictor), from Ray's state API."""
+    out = subprocess.run([ray_cli, "list", "actors", "--address", cluster.dashboard_url, "--format", "json",
+                          "--filter", "state=ALIVE", "--limit", "1000"], env=cluster.env, capture_output=True,
+                         text=True, timeout=60)
+    try:
+        actors = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return set()
+    return {a["node_id"] for a in actors if "CTCPredictor" in (a.get("class_name") or "")}
+
+
+@pytest.mark.slow
+def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tiny_ctc_dir):
+    cluster = ray_two_nodes.head
+    bucket = s3_server.create_bucket("nodeloss")
+    manifest = _upload_corpus(s3_server, bucket)
+    output = f"s3://{bucket}/out"
+    ray_cli = str(Path(cluster.env["PATH"].split(":")[0]) / "ray")
+    job_id = f"sew-nodeloss-{tmp_path.name}"
+    address = ["--address", cluster.dashboard_url]
+    sets = [f"manifest={manifest}", f"output={output}", f"model={tiny_ctc_dir}",
+            "inference.num_actors=2", "decode.num_cpus=0.5", "finalize.rows_per_file=50", "decode.batch_rows=32",
+            "inference.batch_rows=32", "progress_timeout_s=240"]
+    submit = [ray_cli, "job", "submit", *address, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
+              # credentials through the runtime env, as the README says (Ray echoes the command line in its logs)
+              "--runtime-env-json", json.dumps({
+                  "env_vars": {"AWS_ACCESS_KEY_ID": s3_server.key, "AWS_SECRET_ACCESS_KEY": s3_server.secret,
+                               "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": s3_server.region},
+                  "excludes": [".git", ".venv", "data", "outputs", "training/work", "**/__pycache__", ".pytest_cache"]}),
+              "--", "python", "jobs/transcribe_corpus.py", *[a for s in sets for a in ("--set", s)]]
+    deadline = time.time() + 300  # right after `ray start` the job agent may still be coming up
+    while True:
+        proc = subprocess.run(submit, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
+        if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+    def job(*args: str) -> str:
+        done = subprocess.run([ray_cli, "job", *args, *address, job_id], env=cluster.env, capture_output=True,
+                              text=True, timeout=60)
+        return done.stdout + done.stderr
+
+    # Kill the worker node once model actors run on both nodes and part of the output is written.
+    s3 = s3_server.client()
+    deadline, written_before, nodes = time.time() + 300, 0, set()
+    while time.time() < deadline:
+        nodes = _actor_nodes(cluster, ray_cli) or nodes
+        written_before = s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("KeyCount", 0)
+        if len(nodes) >= 2 and written_before > 0:
+            break
+        assert not re.search(r"(SUCCEEDED|FAILED|STOPPED)", job("status").upper()), job("logs")[-4000:]
+        time.sleep(0.5)
+    assert len(nodes) >= 2 and written_before > 0, (nodes, written_before, job("logs")[-4000:])
+    assert ray_two_nodes.kill_worker() > 0
+
+    deadline, status = time.time() + 600, ""
+    while time.time() < deadline:
+        status = job("status")
+        if re.search(r"(SUCCEEDED|FAILED|STOPPED)", status.upper()):
+            break
+        time.sleep(2)
+    logs = job("logs")
+    assert "SUCCEEDED" in status.upper(), status[-2000:] + logs[-6000:]
+    assert "aborted" in logs and "running them again" in logs, logs[-4000:]  # the lost node really cut a pass short
+    assert s3_server.secret not in logs
+
+    local = tmp_path / "out"
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]:
+        if obj["Key"].endswith(".parquet"):
+            target = local / Path(obj["Key"]).name
+            target.parent.mkdir(exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
+    ids = pq.read_table(local, columns=["id"]).column("id").to_pylist()
+    assert len(ids) == ROWS and sorted(ids) == [f"r{n:05d}" for n in range(ROWS)]  # every id, exactly once
