@@ -145,9 +145,9 @@ def test_ids_lost_inside_a_run_get_a_second_pass(ray_session, tiny_ctc_dir, tmp_
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     real, calls = ray_pipeline.build_dataset, []
 
-    def lossy_first_pass(cfg, manifest, run_id, spec, merge):
+    def lossy_first_pass(cfg, manifest, run_id, spec, merge, *progress):
         calls.append(manifest.column("id").to_pylist())
-        ds = real(cfg, manifest, run_id, spec, merge)
+        ds = real(cfg, manifest, run_id, spec, merge, *progress)
         return ds.filter(lambda r: r["id"] not in ("a1", "a4")) if len(calls) == 1 else ds
 
     monkeypatch.setattr(ray_pipeline, "build_dataset", lossy_first_pass)
