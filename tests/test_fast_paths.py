@@ -54,7 +54,9 @@ def test_fp32_fast_path_matches_the_reference(tiny, tiny_input):
     assert prepared.layers[0].qkv.weight.is_mkldnn  # weights pre-packed for oneDNN once, on CPU
     fast = prepared(tiny_input).logits
     assert fast.shape == ref.shape and fast.dtype == torch.float32
-    assert (fast - ref).abs().max().item() <= 1e-4
+    # README: "fp32 fast path within 3e-6 of the reference" (fusion rounding only; 1.2e-6 on the AVX2 EPYC,
+    # 2.4e-6 on the avx512 Xeon; logits of magnitude ~0.4)
+    assert (fast - ref).abs().max().item() <= 3e-6
 
 
 @pytest.mark.parametrize("act", [torch.nn.GELU(), torch.nn.ReLU(), torch.nn.SiLU()])
@@ -169,22 +171,36 @@ def _wer(refs: list[str], hyps: list[str]) -> float:
     return sum(c.substitutions + c.deletions + c.insertions for c in counts) / sum(c.ref_len for c in counts)
 
 
-@pytest.mark.skipif(not (DEMO_MODEL.is_dir() and DEMO_CORPUS.is_file()),
-                    reason=f"demo assets not built yet ({DEMO_MODEL}, {DEMO_CORPUS}): the bf16/int8 WER gate did NOT run")
-@pytest.mark.parametrize("precision", [
-    "bf16",
-    # Known fragility: on the final demo-ctc int8 measured 0.27 WER points off fp32 (1 word of 370); the gate is
-    # 0.5 points, and earlier runs moved by 2 words between machines, so a miss is reported as XFAIL, a pass as XPASS.
-    pytest.param("int8", marks=pytest.mark.xfail(strict=False, reason="int8 is 1-2 words from the 0.5-point gate")),
-])
-@torch.inference_mode()
-def test_bf16_and_int8_transcripts_match_fp32_on_demo_heldout(precision):
+@pytest.fixture(scope="module")
+def demo_fp32():
+    """The shipped demo-ctc model (a missing asset is a failure, not a skip), its normalised held-out inputs, the
+    reference transcripts and the plain fp32 model's logits, one utterance at a time."""
+    assert DEMO_MODEL.is_dir() and DEMO_CORPUS.is_file(), f"shipped demo assets missing: {DEMO_MODEL}, {DEMO_CORPUS}"
     ref_model = SEWForCTC.from_pretrained(DEMO_MODEL).eval()
     fe, tok = FeatureExtractor.from_pretrained(DEMO_MODEL), CTCTokenizer.from_pretrained(DEMO_MODEL)
     audio, refs = _demo_items()
     normed = [fe([a])["input_values"][0] for a in audio]  # per-item normalisation, as the processor does
-    fp32 = [tok.decode(ref_model(x[None]).logits[0].argmax(-1)) for x in normed]  # one at a time: the reference
+    with torch.inference_mode():
+        logits = [ref_model(x[None]).logits[0] for x in normed]  # one at a time: the reference
+    return ref_model, tok, normed, refs, logits
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@torch.inference_mode()
+def test_bf16_and_int8_transcripts_match_fp32_on_demo_heldout(demo_fp32, precision):
+    """Gate (README): transcripts within 0.5 WER points of fp32 on the 40-utterance demo corpus (370 words, so
+    0.5 points is one word net); and, being less noisy than a WER over 370 words, at most 0.4 % of the frames'
+    argmax and a mean relative logit error of at most 0.0075 off fp32. Measured (AVX2 EPYC, 1 and 2 threads):
+    bf16 +0.27 points, 0.14 %, 0.0024; int8 +0.00 points, 0.21-0.23 %, 0.0040; int8 with output_dense quantised
+    too (the previous scheme) +1.89 to +3.24 points, 0.60-0.63 %, 0.010."""
+    ref_model, tok, normed, refs, ref_logits = demo_fp32
+    fp32 = [tok.decode(logits.argmax(-1)) for logits in ref_logits]
     wer32 = _wer(refs, fp32)
+    assert 0.10 <= wer32 <= 0.25, wer32  # the shipped model actually transcribes (eval.json: 0.1676)
     out = grouped_forward(prepare_for_inference(ref_model, precision), normed, batch_size=8)
     hyps = [tok.decode(logits.argmax(-1)) for logits in out.logits]
-    assert hyps == fp32 or abs(_wer(refs, hyps) - wer32) <= 0.005, (precision, wer32, _wer(refs, hyps))
+    frames_off = sum((a.argmax(-1) != b.argmax(-1)).sum().item() for a, b in zip(out.logits, ref_logits))
+    frame_share = frames_off / sum(len(b) for b in ref_logits)
+    rel = sum(((a - b).norm() / b.norm()).item() for a, b in zip(out.logits, ref_logits)) / len(ref_logits)
+    assert abs(_wer(refs, hyps) - wer32) <= 0.005, (precision, wer32, _wer(refs, hyps))
+    assert frame_share <= 0.004 and rel <= 0.0075, (precision, frame_share, rel)
