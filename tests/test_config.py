@@ -5,6 +5,7 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -64,15 +65,59 @@ def test_yaml_errors(tmp_path):
         load_config(TranscribeConfig, tmp_path / "nope.yaml")
 
 
-def test_secrets_are_not_echoed_in_errors_or_logs():
+@dataclasses.dataclass
+class _WithTypedSecrets(TranscribeConfig):
+    api_token: int = opt(0, "a typed secret-looking option")
+    auth_key: Literal["a", "b"] = opt("a", "a secret-looking choice")
+    tokens: list[int] = opt([], "secret-looking list items")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("api_token=sup3rs3cret", "api_token: expected int, got str <redacted>"),  # _type_error
+    ("auth_key=sup3rs3cret", "auth_key: must be one of 'a', 'b', got <redacted>"),  # a Literal's choices
+    ("tokens=[1, sup3rs3cret]", "tokens[1]: expected int, got str <redacted>"),  # a list item's key
+])
+def test_secrets_are_not_echoed_in_errors(setting, message):
+    # Each of these errors quotes the offending value unless the key looks like a secret: with redaction broken
+    # the message would read "... got str 'sup3rs3cret'".
     with pytest.raises(ConfigError) as err:
-        load_config(TranscribeConfig, None, ["manifest=m", "output=o", "storage_options.secret=[sup3rs3cret]",
-                                             "storage_options=5"])
-    assert "sup3rs3cret" not in str(err.value)
-    cfg = load_config(TranscribeConfig, None, ["manifest=m", "output=o", "storage_options.secret=sup3rs3cret",
-                                               "storage_options.key=AKIAEXAMPLEKEY"])
+        load_config(_WithTypedSecrets, None, ["manifest=m", "output=o", setting])
+    assert str(err.value) == message
+    with pytest.raises(ConfigError, match="'sup3rs3cret'"):  # the same error on a plain key does quote it
+        load_config(_WithTypedSecrets, None, ["manifest=m", "output=o", "limit=sup3rs3cret"])
+
+
+def test_secrets_are_not_in_the_logged_run_config(tmp_path, monkeypatch, caplog):
+    """ray_pipeline.run logs the run's config (INFO) before the first pass: read that log record."""
+    from sew_pipeline import ray_pipeline
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop  # the first pass would start here: the config line has been logged by now
+
+    monkeypatch.setattr(ray_pipeline, "ensure_ray", lambda *a, **k: None)  # no cluster needed for this
+    monkeypatch.setattr(ray_pipeline, "_cluster", lambda *a, **k: None)
+    monkeypatch.setattr(ray_pipeline.plan, "check", lambda *a, **k: None)
+    monkeypatch.setattr(ray_pipeline, "_write_pass", stop)
+    (tmp_path / "m.jsonl").write_text('{"audio_filepath": "a.wav", "id": "a"}\n')
+    cfg = load_config(TranscribeConfig, None, [
+        f"manifest={tmp_path / 'm.jsonl'}", f"output={tmp_path / 'out'}", "model=demo-ctc",
+        "storage_options.secret=sup3rs3cret", "storage_options.key=AKIAEXAMPLEKEY",
+        "storage_options.endpoint_url=http://127.0.0.1:1"])
+    with caplog.at_level("INFO", logger="sew_pipeline.ray_pipeline"), pytest.raises(Stop):
+        ray_pipeline.run(cfg)
+    logged = [r.getMessage() for r in caplog.records if r.name == "sew_pipeline.ray_pipeline"]
+    config_lines = [line for line in logged if " config {" in line]
+    assert len(config_lines) == 1, logged
+    line = config_lines[0]
+    # the line is the config itself (so it would carry the secret if redacted_dict passed values through)
+    assert "'endpoint_url': 'http://127.0.0.1:1'" in line and "'model': 'demo-ctc'" in line, line
+    assert "'secret': '<redacted>'" in line and "'key': '<redacted>'" in line, line
+    assert "sup3rs3cret" not in caplog.text and "AKIAEXAMPLEKEY" not in caplog.text
     shown = str(redacted_dict(cfg))
-    assert "sup3rs3cret" not in shown and "AKIAEXAMPLEKEY" not in shown
+    assert "sup3rs3cret" not in shown and "AKIAEXAMPLEKEY" not in shown and "http://127.0.0.1:1" in shown
 
 
 def test_subclassing_adds_keys_for_other_jobs():
