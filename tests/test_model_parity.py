@@ -163,19 +163,37 @@ def test_classification(weighted, with_mask):
     assert max_diff(a.loss, b.loss) <= TOL
 
 
-@pytest.mark.parametrize("reduction,zero_inf", [("sum", False), ("mean", True)])
+@pytest.mark.parametrize("zero_inf", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @torch.no_grad()
 def test_ctc_loss_reduction_and_zero_infinity(reduction, zero_inf):
     ours, ref = pair("ctc", **dict(SMALL, ctc_loss_reduction=reduction, ctc_zero_infinity=zero_inf))
-    x, mask = padded_batch([8000, 4000])
-    labels = torch.randint(5, 32, (2, 30))  # row 2: more labels than frames -> infinite loss unless zeroed
+    x, mask = padded_batch([8000, 4000])  # 24 and 12 frames
+    frames = ours.output_lengths(mask.sum(-1))
+    assert frames.tolist() == [24, 12]
+    # Finite: targets of 7 and 4 labels fit their frames (even with blanks between repeats).
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(5, 32, (2, 7), generator=g)
+    labels[1, 4:] = -100
+    a, b = ours(x, mask, labels=labels).loss, ref(x, attention_mask=mask, labels=labels).loss
+    assert torch.isfinite(a) and torch.isfinite(b), (a, b)
+    assert abs(a.item() - b.item()) <= 1e-5 * abs(b.item()), (reduction, a.item(), b.item())
+    # The two reductions really differ on these inputs: "sum" adds the rows' losses, "mean" divides each by its
+    # target length first (7 and 4) and averages, so a mix-up of the two could not pass the comparison above.
+    log_probs = ref(x, attention_mask=mask).logits.log_softmax(-1).transpose(0, 1)
+    keep = labels >= 0
+    per_row = torch.nn.functional.ctc_loss(log_probs, labels[keep], frames, keep.sum(-1), blank=0, reduction="none")
+    expected = per_row.sum() if reduction == "sum" else (per_row / torch.tensor([7.0, 4.0])).mean()
+    assert abs(a.item() - expected.item()) <= 1e-5 * abs(expected.item()), (reduction, a.item(), expected, per_row)
+    # Infinite: row 2 gets more labels than frames, so its loss is inf unless zeroed.
+    labels = torch.randint(5, 32, (2, 30), generator=g)
     labels[0, 10:] = -100
     a, b = ours(x, mask, labels=labels).loss, ref(x, attention_mask=mask, labels=labels).loss
     if zero_inf:
-        assert torch.isfinite(a)
-        assert max_diff(a, b) <= TOL
+        assert torch.isfinite(a) and torch.isfinite(b)
+        assert abs(a.item() - b.item()) <= 1e-5 * abs(b.item()) + TOL, (a.item(), b.item())
     else:
-        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        assert torch.isinf(a) and torch.isinf(b), (a, b)
 
 
 @torch.no_grad()
