@@ -128,13 +128,14 @@ class TwoNodes:
 
 @pytest.fixture
 def ray_two_nodes():
-    """A head and a worker node on 127.0.0.1 (own temp dirs and ports, token auth), 2 CPUs each."""
+    """A head (1 CPU) and a worker node (3 CPUs) on 127.0.0.1 (own temp dirs and ports, token auth). The
+    small head cannot hold every model actor, so some run on the worker, the node a test then loses."""
     head_dir, worker_dir = (Path(f"/tmp/ray_{role}_{uuid.uuid4().hex[:8]}") for role in ("head", "wrk"))
     env = _token_env(head_dir)
     head = HeadCluster("", "", env, head_dir)
     try:
-        head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=2)
-        _start_node(worker_dir, env, num_cpus=2, head=head.address)
+        head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=1)
+        _start_node(worker_dir, env, num_cpus=3, head=head.address)
         yield TwoNodes(head, worker_dir)
     finally:
         _stop(HeadCluster("", "", env, worker_dir))
