@@ -42,6 +42,16 @@ def _state(cluster, ray_cli: str, kind: str) -> list[dict]:
         return []
 
 
+def _actors(cluster, ray_cli: str) -> list[tuple]:
+    """(class, state, node) of every actor: what a failure message needs to show where the model actors were."""
+    out = subprocess.run([ray_cli, "list", "actors", "--address", cluster.dashboard_url, "--format", "json",
+                          "--limit", "1000"], env=cluster.env, capture_output=True, text=True, timeout=60)
+    try:
+        return [(a.get("class_name"), a.get("state"), a.get("node_id")) for a in json.loads(out.stdout)]
+    except json.JSONDecodeError:
+        return []
+
+
 def _model_actor_nodes(cluster, ray_cli: str) -> list[str]:
     return [a["node_id"] for a in _state(cluster, ray_cli, "actors") if "CTCPredictor" in (a.get("class_name") or "")]
 
@@ -59,7 +69,7 @@ def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tin
             # 2 actors of 0.75 CPU: the 1-CPU head holds at most one, so one runs on the worker; after the
             # loss the head fits one actor and a 0.25-CPU task beside it (the job refits to that)
             "inference.num_actors=2", "inference.cpus_per_actor=0.75", "decode.num_cpus=0.25",
-            "finalize.num_cpus=0.25", "finalize.rows_per_file=50", "decode.batch_rows=32",
+            "finalize.num_cpus=0.25", "decode.memory_mb=1024", "finalize.rows_per_file=50", "decode.batch_rows=32",
             "inference.batch_rows=32", "progress_timeout_s=240"]
     submit = [ray_cli, "job", "submit", *address, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
               # credentials through the runtime env, as the README says (Ray echoes the command line in its logs)
@@ -91,9 +101,11 @@ def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tin
         written_before = s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("KeyCount", 0)
         if workers[0] in nodes and written_before > 0:
             break
-        assert not re.search(r"(SUCCEEDED|FAILED|STOPPED)", job("status").upper()), job("logs")[-4000:]
+        assert not re.search(r"(SUCCEEDED|FAILED|STOPPED)", job("status").upper()), \
+            (workers, _actors(cluster, ray_cli), job("logs")[-4000:])
         time.sleep(0.5)
-    assert workers[0] in nodes and written_before > 0, (nodes, written_before, job("logs")[-4000:])
+    assert workers[0] in nodes and written_before > 0, \
+        (workers, _actors(cluster, ray_cli), written_before, job("logs")[-4000:])
     assert ray_two_nodes.kill_worker() > 0
 
     deadline, status = time.time() + 600, ""

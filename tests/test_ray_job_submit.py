@@ -54,8 +54,18 @@ def test_ray_job_submit_transcribe_corpus(ray_head_cluster, tmp_path, tiny_ctc_d
     expected = sorted(p.stem for p in LIBRI.rglob("*.flac"))
     assert sorted(r["id"] for r in ids) == expected and all(r["error_type"] is None for r in ids)
 
-    no_token = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
-    no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
-    denied = subprocess.run([submit[0], "job", "list", "--address", cluster.dashboard_url], env=no_token,
-                            capture_output=True, text=True, timeout=60)
-    assert denied.returncode != 0  # token auth really is on
+    def job_list(env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([submit[0], "job", "list", "--address", cluster.dashboard_url], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    allowed = job_list(cluster.env)  # the same call with the token is served (so a refusal below is the token's)
+    assert allowed.returncode == 0 and job_id in allowed.stdout + allowed.stderr, (allowed.stdout + allowed.stderr)[-2000:]
+    # Token auth really is on at the server: a client that sends no token gets 401, a wrong token 403.
+    plain = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    plain["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    no_token = job_list(plain)
+    said = no_token.stdout + no_token.stderr
+    assert no_token.returncode != 0 and re.search(r"401|Unauthorized", said), said[-2000:]
+    wrong = job_list({**cluster.env, "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "0" * 64})
+    said = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 and re.search(r"403|Forbidden|invalid or incorrect", said), said[-2000:]

@@ -83,9 +83,24 @@ def test_tiny_ctc_steps_and_resume_file(tmp_path: Path):
     save_state(tmp_path / "s.pt", model=model.state_dict(), opt=opt.state_dict(), step=3)
     st = load_state(tmp_path / "s.pt")
     fresh = SEWForCTC(cfg)
+    trained = model.state_dict()
+    assert any(not torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())  # a fresh init differs
     fresh.load_state_dict(st["model"])
-    torch.optim.AdamW(fresh.parameters(), lr=1e-3).load_state_dict(st["opt"])
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    fresh_opt.load_state_dict(st["opt"])
     assert st["step"] == 3 and not (tmp_path / "s.tmp").exists()
+    reloaded = fresh.state_dict()
+    assert reloaded.keys() == trained.keys()
+    assert all(torch.equal(reloaded[k], v) for k, v in trained.items())  # every weight, bit for bit
+    # The resumed run continues exactly as the uninterrupted one would: same weights and Adam moments, so one
+    # more step (same dropout draws) lands on the same weights.
+    for net, optim in ((model, opt), (fresh, fresh_opt)):
+        torch.manual_seed(7)
+        loss = net(x, attention_mask=m, labels=y).loss
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_unknown_words_split_is_disjoint_and_piper_uses_only_training_words():

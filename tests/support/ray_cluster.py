@@ -68,7 +68,8 @@ def _holds_file_under(proc: Path, prefix: str) -> bool:
     return False
 
 
-def _start_node(temp_dir: Path, env: dict, num_cpus: int, head: str | None = None) -> tuple[str, str]:
+def _start_node(temp_dir: Path, env: dict, num_cpus: int, head: str | None = None,
+                memory_mb: int | None = None) -> tuple[str, str]:
     """`ray start` of a head (head=None) or of a worker joining ``head``, on 127.0.0.1 with its own temp dir
     (a shared one lets one node's runtime-env cleanup delete the other's working_dir). Returns
     (GCS address, dashboard URL) for a head."""
@@ -82,7 +83,8 @@ def _start_node(temp_dir: Path, env: dict, num_cpus: int, head: str | None = Non
              "--include-dashboard=true", f"--ray-client-server-port={free_port()}"] if head is None
             else [f"--address={head}"])
     cmd = [str(VENV_BIN / "ray"), "start", *role, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-           "--num-gpus=0", *ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           "--num-gpus=0", *ports, f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           *([f"--memory={memory_mb * 2**20}"] if memory_mb else [])]
     out = subprocess.run(cmd, env={**env, "SEW_TEST_CLUSTER": temp_dir.name}, cwd=REPO, capture_output=True,
                          text=True, timeout=180, start_new_session=True)
     assert out.returncode == 0, f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -128,14 +130,17 @@ class TwoNodes:
 
 @pytest.fixture
 def ray_two_nodes():
-    """A head (1 CPU) and a worker node (3 CPUs) on 127.0.0.1 (own temp dirs and ports, token auth). The
-    small head cannot hold every model actor, so some run on the worker, the node a test then loses."""
+    """A head (1 CPU) and a worker node (3 CPUs, 2.5 GiB of task memory) on 127.0.0.1 (own temp dirs and ports,
+    token auth). The small head cannot hold every model actor, so some run on the worker, the node a test then
+    loses. The worker's memory admits two 1 GiB decode tasks: 0.25-CPU tasks that could fill it would starve
+    a 0.75-CPU actor (each freed quarter CPU goes to the next queued task; seen on CI: the worker's actor
+    never started and the head's actor did all the work)."""
     head_dir, worker_dir = (Path(f"/tmp/ray_{role}_{uuid.uuid4().hex[:8]}") for role in ("head", "wrk"))
     env = _token_env(head_dir)
     head = HeadCluster("", "", env, head_dir)
     try:
         head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=1)
-        _start_node(worker_dir, env, num_cpus=3, head=head.address)
+        _start_node(worker_dir, env, num_cpus=3, head=head.address, memory_mb=2560)
         yield TwoNodes(head, worker_dir)
     finally:
         _stop(HeadCluster("", "", env, worker_dir))
