@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def manifest_id(i: int) -> str:
+    return f"row{i:06d}"
+
+
 def make_manifest(root: Path, rows: int, distinct: int, sr: int = 16000) -> Path:
     rng = np.random.default_rng(0)
     (root / "clips").mkdir(parents=True, exist_ok=True)
@@ -42,7 +46,7 @@ def make_manifest(root: Path, rows: int, distinct: int, sr: int = 16000) -> Path
     manifest = root / "manifest.jsonl"
     with manifest.open("w") as f:
         for i in range(rows):
-            f.write(json.dumps({"id": f"row{i:06d}", "audio_filepath": f"clips/c{i % distinct:04d}.wav"}) + "\n")
+            f.write(json.dumps({"id": manifest_id(i), "audio_filepath": f"clips/c{i % distinct:04d}.wav"}) + "\n")
     return manifest
 
 
@@ -89,12 +93,14 @@ def flatness(values: list[float], name: str) -> dict:
             f"{name}_growth_fraction": round(growth / medians[1], 4) if medians[1] else None}
 
 
-def run_job(manifest: Path, output: Path, model: str, every_s: float) -> tuple[int, str, Sampler, float]:
+def run_job(manifest: Path, output: Path, model: str, every_s: float,
+            sets: tuple[str, ...] = ()) -> tuple[int, str, Sampler, float]:
     ray_tmp = Path(f"/tmp/sew_soak_{uuid.uuid4().hex[:8]}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_TMPDIR=str(ray_tmp), SEW_TEST_CLUSTER=ray_tmp.name, RAY_USAGE_STATS_ENABLED="0")
     cmd = [sys.executable, "jobs/transcribe_corpus.py", "--set", f"manifest={manifest}", "--set", f"output={output}",
-           "--set", f"model={model}", "--set", "decode.batch_rows=32", "--set", "inference.batch_rows=64"]
+           "--set", f"model={model}", "--set", "decode.batch_rows=32", "--set", "inference.batch_rows=64",
+           *[a for kv in sets for a in ("--set", kv)]]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -110,19 +116,22 @@ def run_job(manifest: Path, output: Path, model: str, every_s: float) -> tuple[i
     return proc.returncode, log, sampler, time.perf_counter() - t0
 
 
-def soak(rows: int, distinct: int, model: str | None, every_s: float, workdir: Path) -> dict:
+def soak(rows: int, distinct: int, model: str | None, every_s: float, workdir: Path,
+         sets: tuple[str, ...] = ()) -> dict:
     manifest = make_manifest(workdir, rows, distinct)
     if not model:
         from tests.support.tiny_models import make_tiny_ctc
         model = str(make_tiny_ctc(workdir / "tiny-ctc"))
     output = workdir / "out"
-    status, log, sampler, wall = run_job(manifest, output, model, every_s)
+    status, log, sampler, wall = run_job(manifest, output, model, every_s, sets)
     from sew_pipeline.results import read_results
     table = read_results(str(output))
     ids = table.column("id").to_pylist() if table is not None else []
+    wanted = {manifest_id(i) for i in range(rows)}
     summary = json.loads(log.split("SUMMARY_JSON ", 1)[1].splitlines()[0]) if "SUMMARY_JSON " in log else {}
     return {"rows": rows, "distinct_clips": distinct, "exit_status": status, "wall_s": round(wall, 1),
             "ids_written": len(set(ids)), "duplicate_rows": len(ids) - len(set(ids)),
+            "ids_missing": len(wanted - set(ids)), "ids_unexpected": len(set(ids) - wanted),
             "rows_ok": summary.get("rows_ok"), "samples": len(sampler.samples),
             **flatness([s[1] for s in sampler.samples], "rss"), **flatness([s[2] for s in sampler.samples], "pss"),
             "series_t_rss_pss_mb": [tuple(round(v, 1) for v in s) for s in sampler.samples],
@@ -148,4 +157,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     res = main()
-    sys.exit(0 if res["exit_status"] == 0 and res["ids_written"] == res["rows"] and not res["duplicate_rows"] else 1)
+    sys.exit(0 if res["exit_status"] == 0 and not res["ids_missing"] and not res["ids_unexpected"]
+             and not res["duplicate_rows"] else 1)

@@ -43,11 +43,12 @@ def pids_named(marker: str, root: int | None = None) -> set[int]:
 
 class ActorKiller(threading.Thread):
     """SIGKILLs one (new) actor process named `marker` once `ready()` is true, e.g. once the run has
-    written its first output file, so the pool is busy with later batches when it dies."""
+    written its first output file, so the pool is busy with later batches when it dies; `choose` picks
+    which of the candidate pids (None: not yet)."""
 
-    def __init__(self, marker: str, ready, timeout_s: float = 300):
+    def __init__(self, marker: str, ready, timeout_s: float = 300, choose=min):
         super().__init__(daemon=True)
-        self.marker, self.ready, self.timeout_s = marker, ready, timeout_s
+        self.marker, self.ready, self.timeout_s, self.choose = marker, ready, timeout_s, choose
         self.before = pids_named(marker)
         self.killed: int | None = None
         self.stop = threading.Event()
@@ -56,8 +57,8 @@ class ActorKiller(threading.Thread):
         deadline = time.time() + self.timeout_s
         while not self.stop.is_set() and time.time() < deadline:
             pids = pids_named(self.marker) - self.before
-            if pids and self.ready():
-                pid = min(pids)
+            pid = self.choose(pids) if pids and self.ready() else None
+            if pid is not None:
                 os.kill(pid, signal.SIGKILL)
                 self.killed = pid
                 return
