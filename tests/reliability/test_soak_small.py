@@ -26,6 +26,6 @@ def test_soak_small_every_row_once_and_memory_does_not_grow_with_rows(tmp_path, 
         assert result["samples"] >= 20
         peaks[rows] = result["peak_pss_mb"]
     # The whole job's footprint (driver + local Ray + actors, PSS summed) does not grow with the number of rows:
-    # 2,000 more rows may add at most 250 MB to the peak. A leak of 0.3 MB per row in the model actor (which
-    # lives for the whole job) failed this: peaks 2392 / 3021 MB; without it 2144 / 2169 MB.
-    assert 0 < peaks[1000] < 8000 and peaks[3000] - peaks[1000] < 250, peaks
+    # 2,000 more rows may add at most 350 MB to the peak (seen without a leak: +25 to +117 MB). A leak of
+    # 0.3 MB per row in the model actor (which lives for the whole job) failed this: peaks 2392 / 3021 MB.
+    assert 0 < peaks[1000] < 8000 and peaks[3000] - peaks[1000] < 350, peaks
