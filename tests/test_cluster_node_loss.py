@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+
+from tests.support.ray_cluster import ray_cli, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, CLIPS = 1200, 20
@@ -31,10 +32,10 @@ def _upload_corpus(s3, bucket: str) -> str:
     return s3.put(bucket, "corpus/manifest.jsonl", "\n".join(lines) + "\n")
 
 
-def _state(cluster, ray_cli: str, kind: str) -> list[dict]:
-    """`ray list <kind>` (alive ones) from Ray's state API; [] while it is not answering."""
-    out = subprocess.run([ray_cli, "list", kind, "--address", cluster.dashboard_url, "--format", "json",
-                          "--filter", "state=ALIVE", "--limit", "1000"], env=cluster.env, capture_output=True,
+def _state(cluster, cli: str, kind: str, alive_only: bool = True) -> list[dict]:
+    """`ray list <kind>` from Ray's state API; [] while it is not answering."""
+    out = subprocess.run([cli, "list", kind, "--address", cluster.dashboard_url, "--format", "json", "--limit", "1000",
+                          *(["--filter", "state=ALIVE"] if alive_only else [])], env=cluster.env, capture_output=True,
                          text=True, timeout=60)
     try:
         return json.loads(out.stdout)
@@ -42,18 +43,13 @@ def _state(cluster, ray_cli: str, kind: str) -> list[dict]:
         return []
 
 
-def _actors(cluster, ray_cli: str) -> list[tuple]:
+def _actors(cluster, cli: str) -> list[tuple]:
     """(class, state, node) of every actor: what a failure message needs to show where the model actors were."""
-    out = subprocess.run([ray_cli, "list", "actors", "--address", cluster.dashboard_url, "--format", "json",
-                          "--limit", "1000"], env=cluster.env, capture_output=True, text=True, timeout=60)
-    try:
-        return [(a.get("class_name"), a.get("state"), a.get("node_id")) for a in json.loads(out.stdout)]
-    except json.JSONDecodeError:
-        return []
+    return [(a.get("class_name"), a.get("state"), a.get("node_id")) for a in _state(cluster, cli, "actors", False)]
 
 
-def _model_actor_nodes(cluster, ray_cli: str) -> list[str]:
-    return [a["node_id"] for a in _state(cluster, ray_cli, "actors") if "CTCPredictor" in (a.get("class_name") or "")]
+def _model_actor_nodes(cluster, cli: str) -> list[str]:
+    return [a["node_id"] for a in _state(cluster, cli, "actors") if "CTCPredictor" in (a.get("class_name") or "")]
 
 
 @pytest.mark.slow
@@ -62,59 +58,37 @@ def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tin
     bucket = s3_server.create_bucket("nodeloss")
     manifest = _upload_corpus(s3_server, bucket)
     output = f"s3://{bucket}/out"
-    ray_cli = str(Path(cluster.env["PATH"].split(":")[0]) / "ray")
+    cli = ray_cli(cluster)
     job_id = f"sew-nodeloss-{tmp_path.name}"
-    address = ["--address", cluster.dashboard_url]
     sets = [f"manifest={manifest}", f"output={output}", f"model={tiny_ctc_dir}",
             # 2 actors of 0.75 CPU: the 1-CPU head holds at most one, so one runs on the worker; after the
             # loss the head fits one actor and a 0.25-CPU task beside it (the job refits to that)
             "inference.num_actors=2", "inference.cpus_per_actor=0.75", "decode.num_cpus=0.25",
             "finalize.num_cpus=0.25", "decode.memory_mb=1024", "finalize.rows_per_file=50", "decode.batch_rows=32",
             "inference.batch_rows=32", "progress_timeout_s=240"]
-    submit = [ray_cli, "job", "submit", *address, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
-              # credentials through the runtime env, as the README says (Ray echoes the command line in its logs)
-              "--runtime-env-json", json.dumps({
-                  "env_vars": {"AWS_ACCESS_KEY_ID": s3_server.key, "AWS_SECRET_ACCESS_KEY": s3_server.secret,
-                               "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": s3_server.region},
-                  "excludes": [".git", ".venv", "data", "outputs", "training/work", "**/__pycache__", ".pytest_cache"]}),
-              "--", "python", "jobs/transcribe_corpus.py", *[a for s in sets for a in ("--set", s)]]
-    deadline = time.time() + 300  # right after `ray start` the job agent may still be coming up
-    while True:
-        proc = subprocess.run(submit, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
-        if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
-            break
-        time.sleep(3)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-
-    def job(*args: str) -> str:
-        done = subprocess.run([ray_cli, "job", *args, *address, job_id], env=cluster.env, capture_output=True,
-                              text=True, timeout=60)
-        return done.stdout + done.stderr
+    # credentials through the runtime env, as the README says (Ray echoes the command line in its logs)
+    job = submit_job(cluster, job_id, ["python", "jobs/transcribe_corpus.py", *[a for s in sets for a in ("--set", s)]],
+                     env_vars={"AWS_ACCESS_KEY_ID": s3_server.key, "AWS_SECRET_ACCESS_KEY": s3_server.secret,
+                               "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": s3_server.region})
 
     # Kill the worker node once a model actor runs there and part of the output is written.
     s3 = s3_server.client()
-    workers = [n["node_id"] for n in _state(cluster, ray_cli, "nodes") if not n.get("is_head_node")]
+    workers = [n["node_id"] for n in _state(cluster, cli, "nodes") if not n.get("is_head_node")]
     assert len(workers) == 1, workers
     deadline, written_before, nodes = time.time() + 420, 0, []
     while time.time() < deadline:
-        nodes = _model_actor_nodes(cluster, ray_cli) or nodes
+        nodes = _model_actor_nodes(cluster, cli) or nodes
         written_before = s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("KeyCount", 0)
         if workers[0] in nodes and written_before > 0:
             break
-        assert not re.search(r"(SUCCEEDED|FAILED|STOPPED)", job("status").upper()), \
-            (workers, _actors(cluster, ray_cli), job("logs")[-4000:])
+        assert not job.ended(), (workers, _actors(cluster, cli), job.cli("logs")[-4000:])
         time.sleep(0.5)
     assert workers[0] in nodes and written_before > 0, \
-        (workers, _actors(cluster, ray_cli), written_before, job("logs")[-4000:])
+        (workers, _actors(cluster, cli), written_before, job.cli("logs")[-4000:])
     assert ray_two_nodes.kill_worker() > 0
 
-    deadline, status = time.time() + 600, ""
-    while time.time() < deadline:
-        status = job("status")
-        if re.search(r"(SUCCEEDED|FAILED|STOPPED)", status.upper()):
-            break
-        time.sleep(2)
-    logs = job("logs")
+    status = job.wait(timeout_s=600, poll_s=2)
+    logs = job.cli("logs")
     assert "SUCCEEDED" in status.upper(), status[-2000:] + logs[-6000:]
     assert "aborted" in logs and "running them again" in logs, logs[-4000:]  # the lost node really cut a pass short
     assert s3_server.secret not in logs

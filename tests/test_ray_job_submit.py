@@ -1,14 +1,14 @@
 """`ray job submit` of jobs/transcribe_corpus.py to a `ray start --head` cluster with token auth."""
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+from tests.support.ray_cluster import ray_cli, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRI = REPO / "tests/data/LibriSpeech"
@@ -18,36 +18,12 @@ LIBRI = REPO / "tests/data/LibriSpeech"
 def test_ray_job_submit_transcribe_corpus(ray_head_cluster, tmp_path, tiny_ctc_dir):
     cluster = ray_head_cluster
     out = tmp_path / "out"
-    ray_cli = str(Path(cluster.env["PATH"].split(":")[0]) / "ray")
     job_id = f"sew-test-{tmp_path.name}"
-    address = ["--address", cluster.dashboard_url]
-    submit = [
-        ray_cli, "job", "submit", *address, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
-        "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "data", "outputs", "training/work",
-                                                       "**/__pycache__", ".pytest_cache"]}),
-        "--", "python", "jobs/transcribe_corpus.py", "--config", "configs/transcribe_corpus.yaml",
-        "--set", f"manifest={LIBRI}", "--set", f"output={out}", "--set", f"model={tiny_ctc_dir}",
-    ]
-    deadline = time.time() + 300  # right after `ray start` the job agent may still be coming up
-    while True:
-        proc = subprocess.run(submit, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
-        if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
-            break
-        time.sleep(3)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-
-    def ray(*args: str) -> str:
-        done = subprocess.run([ray_cli, "job", *args, *address, job_id], env=cluster.env, capture_output=True,
-                              text=True, timeout=60)
-        return done.stdout + done.stderr
-
-    deadline, status = time.time() + 300, ""
-    while time.time() < deadline:
-        status = ray("status")
-        if re.search(r"(SUCCEEDED|FAILED|STOPPED)", status.upper()):
-            break
-        time.sleep(1)
-    logs = ray("logs")
+    job = submit_job(cluster, job_id, [
+        "python", "jobs/transcribe_corpus.py", "--config", "configs/transcribe_corpus.yaml",
+        "--set", f"manifest={LIBRI}", "--set", f"output={out}", "--set", f"model={tiny_ctc_dir}"])
+    status = job.wait(timeout_s=300)
+    logs = job.cli("logs")
     assert "SUCCEEDED" in status.upper(), status[-2000:] + logs[-4000:]
     assert "padded-frame fraction" in logs  # the summary table reached the job log
     ids = pq.read_table(out, columns=["id", "error_type"]).to_pylist()
@@ -55,7 +31,7 @@ def test_ray_job_submit_transcribe_corpus(ray_head_cluster, tmp_path, tiny_ctc_d
     assert sorted(r["id"] for r in ids) == expected and all(r["error_type"] is None for r in ids)
 
     def job_list(env: dict) -> subprocess.CompletedProcess:
-        return subprocess.run([submit[0], "job", "list", "--address", cluster.dashboard_url], env=env,
+        return subprocess.run([ray_cli(cluster), "job", "list", "--address", cluster.dashboard_url], env=env,
                               capture_output=True, text=True, timeout=60)
 
     allowed = job_list(cluster.env)  # the same call with the token is served (so a refusal below is the token's)

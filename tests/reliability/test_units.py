@@ -2,7 +2,6 @@
 pickle refusal through the predictor, replayed rows never emitted twice."""
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 from pathlib import Path

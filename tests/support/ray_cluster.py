@@ -2,7 +2,9 @@
 `ray start --head` cluster with token auth for job-submission tests."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +147,57 @@ def ray_two_nodes():
     finally:
         _stop(HeadCluster("", "", env, worker_dir))
         _stop(head)
+
+
+# What a job's working_dir upload leaves out (the venv and outputs are large and not needed on the cluster).
+JOB_EXCLUDES = [".git", ".venv", "data", "outputs", "training/work", "**/__pycache__", ".pytest_cache"]
+_ENDED = re.compile(r"SUCCEEDED|FAILED|STOPPED")
+
+
+def ray_cli(cluster: HeadCluster) -> str:
+    return str(Path(cluster.env["PATH"].split(":")[0]) / "ray")
+
+
+@dataclass
+class SubmittedJob:
+    cluster: HeadCluster
+    job_id: str
+
+    def cli(self, *args: str) -> str:
+        """`ray job <args> --address ... <job id>`: its stdout and stderr."""
+        done = subprocess.run([ray_cli(self.cluster), "job", *args, "--address", self.cluster.dashboard_url,
+                               self.job_id], env=self.cluster.env, capture_output=True, text=True, timeout=60)
+        return done.stdout + done.stderr
+
+    def ended(self) -> bool:
+        return bool(_ENDED.search(self.cli("status").upper()))
+
+    def wait(self, timeout_s: float, poll_s: float = 1.0) -> str:
+        """Poll until the job ends (or timeout_s); returns the last `ray job status` output."""
+        deadline, status = time.time() + timeout_s, ""
+        while time.time() < deadline:
+            status = self.cli("status")
+            if _ENDED.search(status.upper()):
+                break
+            time.sleep(poll_s)
+        return status
+
+
+def submit_job(cluster: HeadCluster, job_id: str, entrypoint: list[str], env_vars: dict | None = None
+               ) -> SubmittedJob:
+    """`ray job submit --no-wait` of `entrypoint` with this repository as working_dir (JOB_EXCLUDES left out),
+    retried while the job agent right after `ray start` is still coming up."""
+    runtime_env = {"excludes": JOB_EXCLUDES, **({"env_vars": env_vars} if env_vars else {})}
+    cmd = [ray_cli(cluster), "job", "submit", "--address", cluster.dashboard_url, "--submission-id", job_id,
+           "--no-wait", "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+    deadline = time.time() + 300
+    while True:
+        proc = subprocess.run(cmd, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
+        if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return SubmittedJob(cluster, job_id)
 
 
 def _stop(cluster: HeadCluster) -> None:
