@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from tests.support.ray_cluster import ray_cli, submit_job
+from tests.support.ray_cluster import SubmittedJob, ray_cli, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS, CLIPS = 1200, 20
+ROWS, CLIPS = 3000, 20
 
 
 def _upload_corpus(s3, bucket: str) -> str:
@@ -52,37 +52,46 @@ def _model_actor_nodes(cluster, cli: str) -> list[str]:
     return [a["node_id"] for a in _state(cluster, cli, "actors") if "CTCPredictor" in (a.get("class_name") or "")]
 
 
-@pytest.mark.slow
-def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tiny_ctc_dir):
-    cluster = ray_two_nodes.head
-    bucket = s3_server.create_bucket("nodeloss")
-    manifest = _upload_corpus(s3_server, bucket)
-    output = f"s3://{bucket}/out"
-    cli = ray_cli(cluster)
-    job_id = f"sew-nodeloss-{tmp_path.name}"
-    sets = [f"manifest={manifest}", f"output={output}", f"model={tiny_ctc_dir}",
+def _submit(cluster, s3_server, job_id: str, manifest: str, output: str, model) -> SubmittedJob:
+    sets = [f"manifest={manifest}", f"output={output}", f"model={model}",
             # 2 actors of 0.75 CPU: the 1-CPU head holds at most one, so one runs on the worker; after the
             # loss the head fits one actor and a 0.25-CPU task beside it (the job refits to that)
             "inference.num_actors=2", "inference.cpus_per_actor=0.75", "decode.num_cpus=0.25",
             "finalize.num_cpus=0.25", "decode.memory_mb=1024", "finalize.rows_per_file=50", "decode.batch_rows=32",
             "inference.batch_rows=32", "progress_timeout_s=240"]
     # credentials through the runtime env, as the README says (Ray echoes the command line in its logs)
-    job = submit_job(cluster, job_id, ["python", "jobs/transcribe_corpus.py", *[a for s in sets for a in ("--set", s)]],
-                     env_vars={"AWS_ACCESS_KEY_ID": s3_server.key, "AWS_SECRET_ACCESS_KEY": s3_server.secret,
-                               "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": s3_server.region})
+    return submit_job(cluster, job_id, ["python", "jobs/transcribe_corpus.py", *[a for s in sets for a in ("--set", s)]],
+                      env_vars={"AWS_ACCESS_KEY_ID": s3_server.key, "AWS_SECRET_ACCESS_KEY": s3_server.secret,
+                                "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": s3_server.region})
 
-    # Kill the worker node once a model actor runs there and part of the output is written.
+
+@pytest.mark.slow
+def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tiny_ctc_dir):
+    cluster = ray_two_nodes.head
+    bucket = s3_server.create_bucket("nodeloss")
+    manifest = _upload_corpus(s3_server, bucket)
+    cli = ray_cli(cluster)
     s3 = s3_server.client()
     workers = [n["node_id"] for n in _state(cluster, cli, "nodes") if not n.get("is_head_node")]
     assert len(workers) == 1, workers
-    deadline, written_before, nodes = time.time() + 420, 0, []
-    while time.time() < deadline:
-        nodes = _model_actor_nodes(cluster, cli) or nodes
-        written_before = s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("KeyCount", 0)
+    # On a busy 2-core machine the worker's model actor now and then starts too late and the head's actor does
+    # all the work before there is anything to kill: that run must have succeeded, and the scenario is set up
+    # once more (new job, new output); a second miss fails the test.
+    for attempt in range(2):
+        prefix = f"out{attempt}"
+        job = _submit(cluster, s3_server, f"sew-nodeloss-{attempt}-{tmp_path.name}", manifest,
+                      f"s3://{bucket}/{prefix}", tiny_ctc_dir)
+        # Kill the worker node once a model actor runs there and part of the output is written.
+        deadline, written_before, nodes = time.time() + 420, 0, []
+        while time.time() < deadline and not job.ended():
+            nodes = _model_actor_nodes(cluster, cli) or nodes
+            written_before = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("KeyCount", 0)
+            if workers[0] in nodes and written_before > 0:
+                break
+            time.sleep(0.5)
         if workers[0] in nodes and written_before > 0:
             break
-        assert not job.ended(), (workers, _actors(cluster, cli), job.cli("logs")[-4000:])
-        time.sleep(0.5)
+        assert "SUCCEEDED" in job.cli("status").upper(), (workers, _actors(cluster, cli), job.cli("logs")[-4000:])
     assert workers[0] in nodes and written_before > 0, \
         (workers, _actors(cluster, cli), written_before, job.cli("logs")[-4000:])
     assert ray_two_nodes.kill_worker() > 0
@@ -94,7 +103,7 @@ def test_job_survives_a_lost_worker_node(ray_two_nodes, s3_server, tmp_path, tin
     assert s3_server.secret not in logs
 
     local = tmp_path / "out"
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]:
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]:
         if obj["Key"].endswith(".parquet"):
             target = local / Path(obj["Key"]).name
             target.parent.mkdir(exist_ok=True)

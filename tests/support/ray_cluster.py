@@ -132,17 +132,18 @@ class TwoNodes:
 
 @pytest.fixture
 def ray_two_nodes():
-    """A head (1 CPU) and a worker node (3 CPUs, 2.5 GiB of task memory) on 127.0.0.1 (own temp dirs and ports,
+    """A head (1 CPU) and a worker node (3 CPUs, 512 MiB of task memory) on 127.0.0.1 (own temp dirs and ports,
     token auth). The small head cannot hold every model actor, so some run on the worker, the node a test then
-    loses. The worker's memory admits two 1 GiB decode tasks: 0.25-CPU tasks that could fill it would starve
-    a 0.75-CPU actor (each freed quarter CPU goes to the next queued task; seen on CI: the worker's actor
-    never started and the head's actor did all the work)."""
+    loses. The worker's task memory admits no 1 GiB decode task: 0.25-CPU decode tasks that take the worker
+    first would starve a 0.75-CPU actor (each freed quarter CPU goes to the next queued task; seen on CI and
+    here, also with room for two decode tasks: the worker's actor never started, the head's did all the work).
+    So the worker runs model actors and finalize tasks, the head decoding."""
     head_dir, worker_dir = (Path(f"/tmp/ray_{role}_{uuid.uuid4().hex[:8]}") for role in ("head", "wrk"))
     env = _token_env(head_dir)
     head = HeadCluster("", "", env, head_dir)
     try:
         head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=1)
-        _start_node(worker_dir, env, num_cpus=3, head=head.address, memory_mb=2560)
+        _start_node(worker_dir, env, num_cpus=3, head=head.address, memory_mb=512)
         yield TwoNodes(head, worker_dir)
     finally:
         _stop(HeadCluster("", "", env, worker_dir))
