@@ -138,10 +138,9 @@ class Watchdog:
         self.since = now
 
     def observe(self, counts: Mapping[str, int] | None, now: float) -> str | None:
-        """None while progressing (or when the counts could not be read); a message once stalled."""
-        if counts is None:
-            return None
-        if dict(counts) != self.counts:
+        """None while progressing; a message once stalled. Counts that could not be read (None) are no news:
+        the clock keeps running, so a progress reporter that never answers cannot disable the watchdog."""
+        if counts is not None and dict(counts) != self.counts:
             self.counts, self.since = dict(counts), now
             return None
         if not self.timeout_s or now - self.since < self.timeout_s:

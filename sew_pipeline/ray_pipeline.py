@@ -317,7 +317,7 @@ def _alive_nodes() -> set[str] | None:
 def _counts(progress) -> dict[str, int] | None:
     try:
         return ray.get(progress.read.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - a restarting progress actor is not a stall
+    except Exception:  # noqa: BLE001 - unreadable counts are no news (the stall clock keeps running)
         return None
 
 

@@ -90,5 +90,12 @@ def test_watchdog_names_the_starved_stage():
     model = plan.Watchdog(timeout_s=5, now=0)
     model.observe({"decode": 128}, now=1)
     assert "starved: model" in model.observe({"decode": 128}, now=7)
+    unread = plan.Watchdog(timeout_s=5, now=0)  # counts never readable (the progress actor never answers)
+    assert unread.observe(None, now=2) is None
+    assert "starved: decode" in unread.observe(None, now=6)
+    blip = plan.Watchdog(timeout_s=5, now=0)  # one unreadable poll neither resets nor fires early
+    blip.observe({"decode": 3}, now=1)
+    assert blip.observe(None, now=4) is None
+    assert "starved: model" in blip.observe({"decode": 3}, now=6.5)
     off = plan.Watchdog(timeout_s=0, now=0)
     assert off.observe({}, now=10**6) is None
