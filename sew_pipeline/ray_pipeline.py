@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -272,6 +273,7 @@ class _Watchdog:
     or abort: either way the pass ends here.)"""
 
     POLL_S = 2.0
+    SIGNAL = signal.SIGUSR2  # the driver's main thread is interrupted through this signal's handler
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
@@ -292,8 +294,12 @@ class _Watchdog:
                     verdict.append(plan.PlanError(f"{message}; free: {_free_resources()}"))
                 else:
                     continue
-                _thread.interrupt_main()
+                _thread.interrupt_main(self.SIGNAL)
                 return
+        # interrupt_main only reaches a signal Python handles; SIGINT is ignored in a job started with `&`
+        # from a script, so the watchdog raises through a handler of its own signal instead.
+        main = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+        previous = signal.signal(self.SIGNAL, signal.default_int_handler) if main else None
         thread = threading.Thread(target=poll, name="sew-watchdog", daemon=True)
         thread.start()
         try:
@@ -305,6 +311,8 @@ class _Watchdog:
         finally:
             stop.set()
             thread.join()
+            if main:
+                signal.signal(self.SIGNAL, previous)
 
 
 def _alive_nodes() -> set[str] | None:

@@ -61,6 +61,16 @@ def test_a_stall_the_plan_check_missed_is_reported_by_the_watchdog(tmp_path, tin
     assert "no progress for" in line and "starved: decode" in line and "CPU 0/" in line, line
 
 
+def test_the_watchdog_ends_a_stalled_job_started_with_sigint_ignored(tmp_path, tiny_ctc_dir):
+    # `job &` from a script starts the job with SIGINT ignored; the watchdog must not depend on SIGINT.
+    skip_check = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                  "import sew_pipeline.plan as p; p.check = lambda cfg, cluster: p.model_resources(cfg, cluster)")
+    proc, took = run_job(tmp_path, f"manifest={LIBRI}", f"model={tiny_ctc_dir}",
+                         f"inference.num_actors={os.cpu_count()}", "progress_timeout_s=8", prelude=skip_check)
+    assert proc.returncode == 2 and took < 90, (took, proc.stderr[-2000:])
+    assert "no progress for" in error_line(proc)
+
+
 def test_a_dead_recorded_cluster_is_skipped_and_the_job_completes(tmp_path, tiny_ctc_dir):
     # `ray start --head` killed without `ray stop` leaves its address behind; nothing listens there now.
     dead = f"127.0.0.1:{free_port()}"
