@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows", type=int, nargs="+", default=[3000, 12000, 48000])
     ap.add_argument("--distinct", type=int, default=200)
     ap.add_argument("--task", choices=sorted(JOBS), default="ctc")
-    ap.add_argument("--resume-ids", type=int, default=1_000_000, help="written ids for the resume measurement")
+    ap.add_argument("--resume-ids", type=int, default=1_000_000, help="written ids for the resume measurement (0: skip it)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from benchmarks.soak import make_manifest
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = str((make_tiny_ctc if args.task == "ctc" else make_tiny_kws)(root / "model"))
         report["finalize_rows_per_cpu_s"] = round(finalize_alone(model, args.task, 6400))
         from sew_pipeline.config import FinalizeConfig
-        report["resume"] = resume_at_scale(root, args.resume_ids, FinalizeConfig().rows_per_file)
-        print("resume:", report["resume"], flush=True)
+        if args.resume_ids:  # 0 skips it
+            report["resume"] = resume_at_scale(root, args.resume_ids, FinalizeConfig().rows_per_file)
+            print("resume:", report["resume"], flush=True)
         for n in args.rows:
             manifest = make_manifest(root / f"m{n}", n, args.distinct)
             for kind in ("plain", "ours"):

@@ -271,8 +271,9 @@ class InferenceConfig:
 @dataclasses.dataclass
 class DecodeConfig:
     """Decode/resample/chunk stage (CPU tasks)."""
-    batch_rows: int = opt(128, "manifest rows per decode task (short items leave as one block: fewer, larger "
-                               "blocks cost less per row; use a few for hours-long files, so they decode in parallel)")
+    batch_rows: int = opt(128, "at most this many manifest rows per decode task (short items leave as one block: "
+                               "fewer, larger blocks cost less per row); fewer when the manifest is small next to the "
+                               "cluster (4 tasks per CPU), so a few hours-long calls still decode in parallel")
     num_cpus: float = opt(1.0, "CPUs reserved per decode task")
     memory_mb: int = opt(1024, "memory reserved per decode task (MiB)")
     slice_mb: float = opt(16.0, "a decode task sends long files on in slices of about this many MiB of "
@@ -352,8 +353,8 @@ class LabelConfig(PipelineConfig):
     model: str = opt("demo-kws", "checkpoint folder or URI, or a shipped default (demo-ctc, demo-kws)")
     window_s: float = opt(1.0, "classification windows: at most this long (s), all of one length")
     overlap_s: float = opt(0.25, "overlap between consecutive windows")
-    decode: DecodeConfig = dataclasses.field(default_factory=lambda: DecodeConfig(channels="split", batch_rows=8),
-                                             metadata={"help": "decode stage (channels split, 8 calls per task)"})
+    decode: DecodeConfig = dataclasses.field(default_factory=lambda: DecodeConfig(channels="split"),
+                                             metadata={"help": "decode stage (channels split)"})
     top_k: int = opt(3, "labels with scores kept per window/aggregate row")
     task: str = dataclasses.field(default="classification", init=False, repr=False)
 

@@ -98,6 +98,18 @@ def check(cfg, cluster: Cluster) -> dict[str, float]:
     return res
 
 
+# Decode tasks per CPU a small manifest is spread over: enough that hours-long calls keep every CPU busy
+# and the last task is not much longer than the rest.
+TASKS_PER_CPU = 4
+
+
+def decode_block_rows(batch_rows: int, num_rows: int, cluster: Cluster) -> int:
+    """Manifest rows per decode task: ``decode.batch_rows`` (large blocks cost least per row), fewer when
+    the manifest is too small to give every CPU TASKS_PER_CPU tasks (a few hundred calls, each hours long)."""
+    spread = -(-num_rows // max(1, int(TASKS_PER_CPU * max(cluster.cpus, 1))))
+    return max(1, min(batch_rows, spread))
+
+
 def fit_actors(cfg, cluster: Cluster) -> int:
     """The most model actors (<= inference.num_actors) that fit ``cluster`` (0 if none does): used to
     go on after a node is lost, with fewer actors, rather than wait forever for the lost ones."""

@@ -402,12 +402,13 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: mo
                   merge: RemoteMerge, progress=None) -> ray.data.Dataset:
     """The lazy Ray Dataset for ``manifest``; nothing runs until it is consumed. With a `_Progress`
     actor, every stage reports its output rows to it (for the watchdog)."""
-    resources = plan.model_resources(cfg, _cluster())
+    cluster = _cluster()
+    resources = plan.model_resources(cfg, cluster)
     if "num_gpus" in resources:  # the actors must use the GPU the pipeline reserved for them
         cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, use_gpu="yes"))
     # from_blocks computes block metadata here; from_arrow runs a remote task per block for it (~2 s of a
     # job's start-up on a small cluster, before any actor starts)
-    rows = cfg.decode.batch_rows
+    rows = plan.decode_block_rows(cfg.decode.batch_rows, manifest.num_rows, cluster)
     source = ray.data.from_blocks([manifest.slice(i, rows) for i in range(0, manifest.num_rows, rows)])
     # Blocks of about two decode slices (Ray's default is 128 MiB): a long call then streams through the
     # object store a slice at a time instead of queueing there whole (derived datasets inherit this context).

@@ -67,6 +67,16 @@ def test_fit_actors_after_a_lost_node():
     assert plan.fit_actors(c, cluster((1, 0, 8))) == 0
 
 
+def test_decode_blocks_spread_a_small_manifest_over_every_cpu():
+    two, fleet = cluster((2, 0, 8)), cluster(*[(32, 4, 128)] * 25)  # 2 CPUs; 800 CPUs
+    assert plan.decode_block_rows(128, 3000, two) == 128  # short clips: full blocks
+    assert plan.decode_block_rows(128, 100, two) == 13  # 8 tasks for 2 CPUs
+    assert plan.decode_block_rows(128, 1000, fleet) == 1  # 1,000 calls on 800 CPUs: one per task
+    assert plan.decode_block_rows(128, 3_000_000, fleet) == 128
+    assert plan.decode_block_rows(8, 5000, two) == 8  # batch_rows stays the ceiling
+    assert plan.decode_block_rows(128, 0, two) == 1
+
+
 def test_answers_tells_a_listening_port_from_a_dead_one():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
