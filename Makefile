@@ -15,12 +15,15 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 $(VENV)/.base: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch
-	$(PIP) -e .
+	$(PIP) -e '.[lm]'
 	touch $@
 
-# The test extra adds the parity reference (transformers) and the S3 test server.
+# The test extra adds the parity references (transformers) and the S3 test server. pyctcdecode (what
+# transformers' Wav2Vec2ProcessorWithLM decodes with: the beam decoder's reference) is installed without its
+# declared dependencies: its wheel caps numpy below 2 and would downgrade the user's numpy; it runs on numpy 2.
 $(STAMP): $(VENV)/.base
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,lm]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps pyctcdecode==0.5.0 pygtrie==2.5.0
 	touch $@
 
 test: $(STAMP)
