@@ -68,6 +68,14 @@ def log_probs(logits: np.ndarray) -> np.ndarray:
     return np.clip(shifted - norm, np.log(MIN_PROB), 0)
 
 
+def candidate_mask(logp: np.ndarray, token_min_logp: float) -> np.ndarray:
+    """[T, V] bool: the tokens the search reads (log-prob >= token_min_logp, and each frame's best)."""
+    keep = logp >= token_min_logp
+    if len(logp):
+        keep[np.arange(len(logp)), logp.argmax(axis=1)] = True
+    return keep
+
+
 # ------------------------------------------------------------------ scorers
 class Lexicon:
     """Sorted words: is a string the start of any word? (bisect: no trie needed)."""
@@ -222,8 +230,7 @@ class BeamSearch:
     def candidates(self, logp: np.ndarray) -> list[tuple[list[int], list[float]]]:
         """Per frame, the tokens the search looks at (ids ascending, with their log-probs): all others are
         never read, so this is all the model stage needs to ship."""
-        keep = logp >= self.token_min_logp
-        keep[np.arange(len(logp)), logp.argmax(axis=1)] = True  # a frame's best token always counts
+        keep = candidate_mask(logp, self.token_min_logp)
         rows, ids = np.nonzero(keep)
         cuts = np.cumsum(np.bincount(rows, minlength=len(logp)))[:-1]
         return [(i.tolist(), v.tolist()) for i, v in zip(np.split(ids, cuts), np.split(logp[rows, ids], cuts))]

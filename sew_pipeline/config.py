@@ -342,8 +342,39 @@ class PipelineConfig:
 
 
 @dataclasses.dataclass
+class DecodingConfig:
+    """CTC decoding in the post-model stage: greedy, or beam search with an n-gram LM (sew_pipeline.beam)."""
+    method: Literal["greedy", "beam"] = opt("greedy", "greedy (argmax) or beam (beam search, with the LM below "
+                                                      "or the checkpoint folder's language_model/ if it has one)")
+    beam_width: int = opt(50, "beams kept per frame")
+    lm: Optional[str] = opt(None, "KenLM model (.arpa or binary; local or s3://); null = the checkpoint folder's "
+                                  "language_model/ (Wav2Vec2ProcessorWithLM layout), else no LM")
+    lexicon: Optional[str] = opt(None, "unigram list, one word per line (null = language_model/unigrams.txt, or "
+                                       "the ARPA file's words)")
+    alpha: Optional[float] = opt(None, "LM weight (null = language_model/attrs.json, else 0.5)")
+    beta: Optional[float] = opt(None, "word insertion bonus (null = attrs.json, else 1.5)")
+    unk_score_offset: Optional[float] = opt(None, "log-score of a word outside the lexicon (null = attrs.json, "
+                                                  "else -10); such words are kept, at this cost")
+    hotwords: list[str] = opt([], "words or phrases to favour (may be outside the lexicon)")
+    hotword_weight: float = opt(10.0, "bonus per hotword occurrence")
+    beam_prune_logp: float = opt(-10.0, "beams this far below the best are dropped")
+    token_min_logp: float = opt(-5.0, "tokens below this log-prob are skipped (and never leave the model stage)")
+    n_best: int = opt(1, "up to this many hypotheses per item in the nbest column (1 = no column)")
+
+    def validate(self) -> None:
+        if self.beam_width < 1 or self.n_best < 1 or self.n_best > self.beam_width:
+            raise ConfigError("decoding.beam_width must be >= 1 and 1 <= decoding.n_best <= beam_width")
+        if self.beam_prune_logp > 0 or self.token_min_logp > 0:
+            raise ConfigError("decoding.beam_prune_logp and decoding.token_min_logp must be <= 0")
+        if self.method == "greedy" and (self.lm or self.hotwords or self.n_best > 1):
+            raise ConfigError("decoding.lm / hotwords / n_best apply to decoding.method=beam (it is greedy)")
+
+
+@dataclasses.dataclass
 class TranscribeConfig(PipelineConfig):
     """jobs/transcribe_corpus.py: CTC transcription with word timings."""
+    decoding: DecodingConfig = dataclasses.field(default_factory=DecodingConfig,
+                                                 metadata={"help": "CTC decoding (greedy or beam + LM)"})
     task: str = dataclasses.field(default="ctc", init=False, repr=False)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sew_pipeline.decoding import DecoderSpec, decode_item, unpack_frames
 from sew_pipeline.schema import output_schema, to_table
 from sew_pipeline.spec import ModelSpec
 
@@ -61,6 +62,8 @@ class Context:
     """What finishing needs besides the rows: the model spec and task options."""
     spec: ModelSpec
     top_k: int = 3
+    decoder: DecoderSpec | None = None  # beam decoding (None: greedy)
+    storage_options: dict | None = None  # for an LM in object storage
     _tokenizer: Any = field(default=None, repr=False)
 
     @property
@@ -71,15 +74,20 @@ class Context:
 
 
 def stitch_ctc(chunks: Rows, ctx: Context) -> dict:
-    """One CTC item: its windows' kept argmax frames in window order, greedy-decoded once, times on the
-    file's timeline. (The model stage already cut each window's payload to its keep range.)"""
-    row = {**item_fields(chunks), "num_chunks": len(chunks)}
+    """One CTC item: its windows' kept frames in window order, decoded once (greedy, or beam search over the
+    stitched frames, never per window), times on the file's timeline. (The model stage already cut each
+    window's payload to its keep range.)"""
+    row = {**item_fields(chunks), "num_chunks": len(chunks), "decoder": "beam" if ctx.decoder else "greedy"}
     if row["error_type"] is None:
         ids = np.concatenate([np.frombuffer(c["payload"] or b"", dtype="<i2") for c in chunks])
         text, words = ctx.tokenizer.decode_words(ids, seconds_per_frame=ctx.spec.seconds_per_frame,
                                                  time_offset_s=row["start_s"])
         row["text"] = text
         row["words"] = [{"word": w, "start_s": float(s), "end_s": float(e)} for w, s, e in words]
+        if ctx.decoder is not None:
+            frames = [f for c in chunks for f in unpack_frames(c["logp"])]
+            row.update(text_greedy=text, **decode_item(frames, ctx.decoder, ctx.spec.seconds_per_frame,
+                                                       row["start_s"], ctx.storage_options))
     return row
 
 
@@ -200,9 +208,11 @@ class Finalizer:
     ``merge`` (default: a private in-process KeyedMerge, right when one Finalizer sees every block)."""
 
     def __init__(self, spec: ModelSpec, task: str, run_id: str, top_k: int = 3,
-                 merge: Callable[[Rows], list[Rows]] | None = None):
+                 merge: Callable[[Rows], list[Rows]] | None = None, decoder: DecoderSpec | None = None,
+                 storage_options: dict | None = None):
         self.task, self.run_id = task, run_id
-        self.ctx = Context(spec, top_k)
+        from sew_pipeline.storage import storage_options as resolved  # config options over this worker's env
+        self.ctx = Context(spec, top_k, decoder, resolved(storage_options) if decoder and decoder.lm else None)
         self.schema = output_schema(task)
         self.merge = merge if merge is not None else KeyedMerge()
         self.merged_rows = 0  # rows that needed the merge (a counter for tests and benchmarks)
@@ -230,6 +240,8 @@ class Finalizer:
 
 
 def finalize_batch(batch: pa.Table, spec: ModelSpec, task: str, run_id: str, top_k: int,
-                   merge: Callable[[Rows], list[Rows]]) -> pa.Table:
-    """Function form for stateless CPU tasks (the merge is the only shared state, and it is sharded)."""
-    return Finalizer(spec, task, run_id, top_k, merge)(batch)
+                   merge: Callable[[Rows], list[Rows]], decoder: DecoderSpec | None = None,
+                   storage_options: dict | None = None) -> pa.Table:
+    """Function form for stateless CPU tasks (the merge is the only shared state, and it is sharded; the
+    beam decoder and its LM are loaded once per worker process, see decoding.decoder)."""
+    return Finalizer(spec, task, run_id, top_k, merge, decoder, storage_options)(batch)

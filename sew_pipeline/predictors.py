@@ -183,7 +183,8 @@ class _Predictor:
         n = batch.num_rows
         errors, messages = batch.column("error_type").to_pylist(), batch.column("error").to_pylist()
         waves = _waves(batch.column("audio"))
-        out = {"payload": [None] * n, "processing_s": [0.0] * n, "frames": [0] * n, "padded_frames": [0] * n}
+        out = {"payload": [None] * n, "logp": [None] * n, "processing_s": [0.0] * n, "frames": [0] * n,
+               "padded_frames": [0] * n}
         todo = []
         for i in range(n):
             if errors[i] is not None:
@@ -238,7 +239,8 @@ class _Predictor:
             out["processing_s"][i] = seconds / len(idx)
             out["frames"][i] = frames_total
             out["padded_frames"][i] = max(frames_total - valid, 0)
-            out["payload"][i] = self.payload(results[j], valid, i)
+            for column, value in self.payload(results[j], valid, i).items():
+                out[column][i] = value
 
     def payloads(self, logits: Any) -> np.ndarray:
         """The group's logits reduced on the device and copied to the host once."""
@@ -247,28 +249,44 @@ class _Predictor:
     def begin(self, batch: pa.Table) -> None:
         """Per-batch columns the payload needs, read once."""
 
-    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> bytes:
+    def payload(self, result: Any, valid_frames: int, i: int) -> dict[str, bytes]:
+        """Output columns (payload, and logp for beam decoding) of item ``i``."""
         raise NotImplementedError
 
 
 class CTCPredictor(_Predictor):
     """Per chunk: argmax ids of the frames this chunk keeps (its most central part), as int16 bytes, so only
-    the kept frames ever leave the model stage."""
+    the kept frames ever leave the model stage; for beam decoding also their candidate log-probs
+    (decoding.pack_frames: only the tokens the search reads)."""
 
     model_cls_name = "SEWForCTC"
 
-    def payloads(self, logits: Any) -> np.ndarray:
+    def __init__(self, cfg: PipelineConfig, spec: ModelSpec | None = None, num_threads: int | None = None):
+        super().__init__(cfg, spec, num_threads)
+        decoding = getattr(cfg, "decoding", None)
+        self.min_logp = decoding.token_min_logp if decoding is not None and decoding.method == "beam" else None
+
+    def payloads(self, logits: Any) -> list:
         import torch
-        return logits.argmax(dim=-1).to(torch.int16).cpu().numpy()
+        ids = logits.argmax(dim=-1).to(torch.int16).cpu().numpy()
+        if self.min_logp is None:
+            return list(ids)
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        return list(zip(ids, logp))
 
     def begin(self, batch: pa.Table) -> None:
         self.keep = [batch.column(c).to_numpy(zero_copy_only=False)
                      for c in ("start_frame", "keep_start_frame", "keep_end_frame")]
 
-    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> bytes:
+    def payload(self, result: Any, valid_frames: int, i: int) -> dict[str, bytes]:
         first, keep_start, keep_end = (int(c[i]) for c in self.keep)
         lo, hi = max(keep_start - first, 0), min(keep_end - first, valid_frames)
-        return result[lo:max(hi, lo)].astype("<i2").tobytes()
+        if self.min_logp is None:
+            return {"payload": result[lo:max(hi, lo)].astype("<i2").tobytes()}
+        from sew_pipeline.decoding import pack_frames
+        ids, logp = result
+        return {"payload": ids[lo:max(hi, lo)].astype("<i2").tobytes(),
+                "logp": pack_frames(logp[lo:max(hi, lo)], self.min_logp)}
 
 
 class ClassifierPredictor(_Predictor):
@@ -279,8 +297,8 @@ class ClassifierPredictor(_Predictor):
     def payloads(self, logits: Any) -> np.ndarray:
         return logits.float().softmax(dim=-1).cpu().numpy()
 
-    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> bytes:
-        return result.astype("<f4").tobytes()
+    def payload(self, result: np.ndarray, valid_frames: int, i: int) -> dict[str, bytes]:
+        return {"payload": result.astype("<f4").tobytes()}
 
 
 # task -> model-stage class (postprocess.FINISH is the post-model half of this table)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import ray
 from ray.data.datasource import FilenameProvider
 
-from sew_pipeline import plan, storage
+from sew_pipeline import decoding, plan, storage
 from sew_pipeline.config import LabelConfig, PipelineConfig, TranscribeConfig, redacted_dict
 from sew_pipeline.errors import UserError, redact
 from sew_pipeline import spec as model_spec
@@ -125,6 +125,7 @@ def run(cfg: PipelineConfig) -> JobResult:
     options = storage.storage_options(cfg.storage_options)
     # Everything that needs no cluster is checked before Ray starts: a user error is one line, at once.
     spec = model_spec.resolve(cfg.model, options)
+    decoder = decoding.resolve(getattr(cfg, "decoding", None), spec.uri, dict(spec.vocab), options)
     store = ResultStore(cfg.output, options)
     if not cfg.resume and store.files():  # appending a second full run would duplicate every id
         raise UserError(f"output {redact(cfg.output)} already holds results and resume is false: "
@@ -134,6 +135,8 @@ def run(cfg: PipelineConfig) -> JobResult:
     plan.check(cfg, _cluster())
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log.info("run %s config %s", run_id, redacted_dict(cfg))
+    if decoder is not None:
+        log.info("decoding: %s", decoder.describe())
 
     skipped = 0
     if cfg.resume:
@@ -149,7 +152,7 @@ def run(cfg: PipelineConfig) -> JobResult:
             cfg = _refit(cfg)
             log.warning("pass %d: %d id(s) not written yet; running them again", attempt, todo.num_rows)
         try:
-            _write_pass(cfg, todo, run_id, spec, store, watchdog)
+            _write_pass(cfg, todo, run_id, spec, store, watchdog, decoder)
         except (ray.exceptions.RayError, NodeLost) as exc:
             if not (isinstance(exc, NodeLost) or _lost_resources(exc)):
                 raise  # our own bug, or a user function failing: not something another pass would mend
@@ -167,12 +170,12 @@ def run(cfg: PipelineConfig) -> JobResult:
 
 
 def _write_pass(cfg: PipelineConfig, todo: pa.Table, run_id: str, spec: model_spec.ModelSpec,
-                store: ResultStore, watchdog: "_Watchdog") -> None:
+                store: ResultStore, watchdog: "_Watchdog", decoder: decoding.DecoderSpec | None = None) -> None:
     """One execution of the pipeline over ``todo``, streaming into ``store``."""
     merges, progress = _start_merges(cfg), _Progress.options(num_cpus=0, max_restarts=-1).remote()
     try:
         with watchdog.watching(progress):
-            build_dataset(cfg, todo, run_id, spec, merges, progress).write_parquet(
+            build_dataset(cfg, todo, run_id, spec, merges, progress, decoder).write_parquet(
                 _write_path(store), filesystem=store.pyarrow_filesystem(), filename_provider=_RunFilenames(run_id),
                 schema=output_schema(cfg.task), min_rows_per_file=cfg.finalize.rows_per_file,
                 ray_remote_args={"num_cpus": 0, "max_retries": TASK_RETRIES})
@@ -399,7 +402,7 @@ def _start_merges(cfg: PipelineConfig) -> RemoteMerge:
 
 
 def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: model_spec.ModelSpec,
-                  merge: RemoteMerge, progress=None) -> ray.data.Dataset:
+                  merge: RemoteMerge, progress=None, decoder: decoding.DecoderSpec | None = None) -> ray.data.Dataset:
     """The lazy Ray Dataset for ``manifest``; nothing runs until it is consumed. With a `_Progress`
     actor, every stage reports its output rows to it (for the watchdog)."""
     cluster = _cluster()
@@ -428,6 +431,7 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: mo
                      compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors), **resources)
         # Stateless and scaled out: no process sees every row.
         .map_batches(_finalize_counted, fn_kwargs={"spec": spec, "task": cfg.task, "run_id": run_id, "top_k": top_k,
-                                                   "merge": merge, "tick": ticks("finalize")},
+                                                   "merge": merge, "tick": ticks("finalize"), "decoder": decoder,
+                                                   "storage_options": cfg.storage_options},
                      batch_size=None, batch_format="pyarrow", num_cpus=cfg.finalize.num_cpus)
     )

@@ -32,9 +32,15 @@ _TRAILER = [
     ("run_id", pa.string()),             # the run that wrote the row
 ]
 
+NBEST = pa.struct([("text", pa.string()), ("score", pa.float64())])
+
 CTC_SCHEMA = pa.schema(_SOURCE + [
-    ("text", pa.string()),               # greedy CTC transcript (null on error)
+    ("text", pa.string()),               # transcript of the configured decoder (null on error)
     ("words", pa.list_(WORD)),           # word timings in the source timeline
+    ("decoder", pa.string()),            # "greedy" or "beam" (decoding.method)
+    ("text_greedy", pa.string()),        # beam rows: the greedy transcript of the same frames (null for greedy)
+    ("word_confidence", pa.list_(pa.float32())),  # beam rows: per word of `words`, see README (null for greedy)
+    ("nbest", pa.list_(NBEST)),          # beam rows with decoding.n_best > 1: best first, with total scores
     ("num_chunks", pa.int32()),          # windows stitched into this row
 ] + _TRAILER)
 
@@ -68,6 +74,7 @@ CHUNK_SCHEMA = pa.schema([
 PREDICTION_SCHEMA = pa.schema(
     [f for f in CHUNK_SCHEMA if f.name != "audio"] + [
         pa.field("payload", pa.binary()),        # CTC: int16 argmax ids of the keep range; cls: float32 probs
+        pa.field("logp", pa.binary()),           # CTC beam decoding only: decoding.pack_frames of the keep range
         pa.field("model", pa.string()), pa.field("checkpoint_sha256", pa.string()),
         pa.field("processing_s", pa.float64()), pa.field("frames", pa.int64()),
         pa.field("padded_frames", pa.int64()),
