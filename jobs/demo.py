@@ -20,10 +20,13 @@ def main(argv: list[str]) -> int:
     cfg.manifests = {name: str(REPO / uri) if "://" not in uri else uri for name, uri in cfg.manifests.items()}
     result = evaluate(cfg)
     print(f"\nmodel {cfg.model} (sha256 {str(result.summary.get('checkpoint_sha256'))[:12]}…)")
-    print(f"{'set':<26}{'utts':>6}{'WER %':>8}{'CER %':>8}{'RTF':>8}")
+    beam = result.summary.get("decoder") == "beam"  # then both decoders were scored, on the same frames
+    print(f"{'set':<26}{'utts':>6}" + (f"{'greedy WER %':>14}{'beam+LM WER %':>15}" if beam else f"{'WER %':>8}")
+          + f"{'CER %':>8}{'RTF':>8}")
     for name, s in result.summary["splits"].items():
-        print(f"{name:<26}{s['n_utts']:>6}{100 * s['wer']:>8.2f}{100 * s['cer']:>8.2f}"
-              f"{s.get('real_time_factor') or 0:>8.3f}")
+        wers = f"{100 * s.get('wer_greedy', float('nan')):>14.2f}{100 * s['wer']:>15.2f}" if beam \
+            else f"{100 * s['wer']:>8.2f}"
+        print(f"{name:<26}{s['n_utts']:>6}{wers}{100 * s['cer']:>8.2f}{s.get('real_time_factor') or 0:>8.3f}")
     outputs = result.summary["outputs"]
     print(f"\nper-utterance Parquet: {outputs['utterances']}\npipeline Parquet:      "
           f"{outputs['utterances'].rsplit('/', 1)[0]}/predictions/<set>/\nsummary:               "

@@ -113,7 +113,8 @@ def load_baseline(baseline: Union[str, Mapping, None], storage_options: Mapping 
 
 def read_predictions(uri: str, storage_options: Mapping | None) -> pd.DataFrame:
     """The pipeline's complete Parquet files, one row per id (a successful row wins over an error)."""
-    cols = ["id", "text", "error_type", "error", "duration_s", "processing_s", "model", "checkpoint_sha256"]
+    cols = ["id", "text", "text_greedy", "decoder", "error_type", "error", "duration_s", "processing_s", "model",
+            "checkpoint_sha256"]
     table = read_results(uri, dict(storage_options or {}), columns=cols)
     df = table.to_pandas() if table is not None else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     df = df.sort_values("error_type", na_position="first", kind="stable")
@@ -185,8 +186,24 @@ def _run_id(cfg: EvalConfig) -> str:
     return cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def greedy_wers(scored: pd.DataFrame) -> dict[str, float]:
+    """{split: WER of the greedy transcripts} where the job beam-decoded (its rows carry text_greedy too): both
+    decoders scored from one job, on the same frames."""
+    out = {}
+    if "text_greedy" not in scored:
+        return out
+    for split, g in scored[scored["text_greedy"].notna()].groupby("split"):
+        counts = metrics.word_counts([metrics.normalize_minimal(r) for r in g["reference"]],
+                                     [metrics.normalize_minimal(h) for h in g["text_greedy"]])
+        errors = sum(c.substitutions + c.deletions + c.insertions for c in counts)
+        out[str(split)] = errors / max(1, sum(c.ref_len for c in counts))
+    return out
+
+
 def build_summary(cfg: EvalConfig, run_id: str, scored: pd.DataFrame, perf: Mapping[str, dict]) -> dict:
     by_split = metrics.aggregate(scored, "split").set_index("split").to_dict("index")
+    for split, wer in greedy_wers(scored).items():
+        by_split[split]["wer_greedy"] = wer
     speakers: dict[str, dict] = {}
     for row in metrics.aggregate(scored, ["split", "speaker"]).to_dict("records"):
         speakers.setdefault(row.pop("split"), {})[str(row.pop("speaker"))] = row
@@ -197,6 +214,7 @@ def build_summary(cfg: EvalConfig, run_id: str, scored: pd.DataFrame, perf: Mapp
         "model": redact(cfg.model),
         "checkpoint_sha256": str(sha.iloc[0]) if len(sha) else None,
         "normalization": {"wer": "minimal", "wer_whisper": "whisper" if cfg.whisper_normalization else None},
+        "decoder": cfg.decoding.method,  # what "wer" scores; with beam, "wer_greedy" scores the greedy text
         "splits": {s: {**v, **perf.get(s, {})} for s, v in by_split.items()},
         "overall": metrics.corpus_scores(scored),
         "speakers": speakers,

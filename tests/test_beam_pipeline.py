@@ -156,3 +156,6 @@ def test_transcribe_job_with_beam_decoding_every_id_once(ray_session, tmp_path):
     beam_wer = _wer(refs, [got[r["id"]]["text"] for r in ROWS])
     greedy_wer = _wer(refs, [got[r["id"]]["text_greedy"] for r in ROWS])
     assert beam_wer < greedy_wer - 0.05, (beam_wer, greedy_wer)
+    card = json.loads((DEMO / "eval.json").read_text())["language_model"]  # whole-utterance figures of the card
+    assert (card["demo_corpus_wer_greedy"], card["demo_corpus_wer_beam"]) == (0.1676, 0.027)
+    assert beam_wer <= card["demo_corpus_wer_beam"] + 0.05, (beam_wer, card)  # 2 s windows, stitched: close

@@ -320,3 +320,11 @@ def test_librispeech_root_and_manifests_are_exclusive(tmp_path):
     argv = _argv(tmp_path, "m2") + ["--set", f"manifests={{x: {LIBRISPEECH_ROOT / 'dev-clean'}}}"]
     with pytest.raises(ConfigError, match="exactly one"):
         load_config(evaluation.EvalConfig, CONFIG, argv[3::2])
+
+
+def test_beam_jobs_score_greedy_and_beam_from_one_job():
+    """Rows of a beam job carry text_greedy too: each split gets both WERs, on the same frames."""
+    scored = pd.DataFrame({"split": ["a", "a", "b"], "reference": ["THE CAT SAT", "A DOG", "ONE TWO"],
+                           "text_greedy": ["THE KAT SAT", "A DOG", None]})
+    assert evaluation.greedy_wers(scored) == {"a": pytest.approx(1 / 5)}  # split b was decoded greedily
+    assert evaluation.greedy_wers(scored.drop(columns="text_greedy")) == {}

@@ -37,7 +37,7 @@ fp32) trained from scratch by `training/train_ctc.py` with this repository's own
 espeak-ng speech only. It exists so that `make demo` and the end-to-end tests run a model that really
 transcribes, with no downloadable weights. It is **not** a general English ASR model: on real human speech it
 is nearly useless (see below). Output: upper-case letters, apostrophe, spaces (LibriSpeech 32-symbol vocabulary
-in the asapp/sew-tiny `vocab.json` layout); greedy CTC decoding, no language model.
+in the asapp/sew-tiny `vocab.json` layout); greedy CTC decoding, or beam search with the shipped n-gram LM (see the last section).
 
 Architecture: conv feature encoder 64,64,64,64,64,128,128 (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 = 20 ms
 frames), hidden 256, 6 post-norm transformer layers, 4 heads, FFN 1024, squeeze factor 2, positional conv 64/16.

@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     if not a.skip_kws:
         kws_stage(a.kws_steps, not a.no_kws_finetune, a.threads)
     ctc_stage(a.ctc_steps, a.ctc_max_minutes, a.status, a.threads)
+    from training import build_lm  # the demo LM, rebuilt for the new model (and its card section)
+    build_lm.main([])
 
 
 if __name__ == "__main__":

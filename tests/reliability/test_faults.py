@@ -71,7 +71,8 @@ def _holding_merge(marks: Path):
 
     class HoldingMerge(KeyedMerge):
         def add(self, rows):
-            held = [r["id"] for r in rows if r["id"] in self.pending]
+            # not on an item_failed row: a failed id completes from that row alone, so nothing would be lost
+            held = [r["id"] for r in rows if r["id"] in self.pending and not r.get("item_failed")]
             once = marks / "held-once"
             if held and not once.exists():
                 once.touch()
