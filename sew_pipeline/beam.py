@@ -127,8 +127,7 @@ class NgramLM:
         self.model = kenlm.Model(path)
         if unigrams is None:  # an ARPA file names its words; a binary does not (then no lexicon)
             unigrams = arpa_unigrams(path) if path.endswith(".arpa") else []
-        words = unigrams
-        self.lexicon = Lexicon([w for w in words if w in self.model])  # words the LM cannot score are dropped
+        self.lexicon = Lexicon([w for w in unigrams if w in self.model])  # words the LM cannot score are dropped
         self.alpha, self.beta = alpha, beta
         self.unk_score_offset, self.score_boundary = unk_score_offset, score_boundary
 

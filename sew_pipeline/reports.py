@@ -56,7 +56,7 @@ def join_uri(base: str, *parts: str) -> str:
 # ---------------------------------------------------------------- history
 def history_record(summary: Mapping[str, Any]) -> dict:
     """The compact per-run line kept in the history (derived from summary.json)."""
-    keep = ("wer", "cer", "wer_whisper", "cer_whisper", "n_utts", "n_words")
+    keep = ("wer", "cer", "wer_whisper", "cer_whisper", "wer_greedy", "n_utts", "n_words")
     return {
         "run_id": summary["run_id"],
         "timestamp": summary["timestamp"],
@@ -208,15 +208,17 @@ def _num(x, fmt: str = "{:.3f}") -> str:
 
 
 def _split_table(splits: Mapping[str, Mapping]) -> list[str]:
+    greedy = any("wer_greedy" in s for s in splits.values())  # a beam job: its greedy transcripts scored beside
     lines = [
-        "| split | utts | words | WER % | CER % | WER % (whisper) | CER % (whisper) | failed items "
-        "| audio h | RTF | audio s/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| split | utts | words | WER %" + (" | WER % (greedy)" if greedy else "") +
+        " | CER % | WER % (whisper) | CER % (whisper) | failed items | audio h | RTF | audio s/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if greedy else ""),
     ]
     for name in sorted(splits):
         s = splits[name]
         lines.append(
-            f"| {name} | {s['n_utts']} | {s['n_words']} | {_pct(s['wer'])} | {_pct(s['cer'])} | "
+            f"| {name} | {s['n_utts']} | {s['n_words']} | {_pct(s['wer'])} | "
+            + (f"{_pct(s.get('wer_greedy'))} | " if greedy else "") + f"{_pct(s['cer'])} | "
             f"{_pct(s.get('wer_whisper'))} | {_pct(s.get('cer_whisper'))} | {s.get('n_failed', 0)} | "
             f"{_num(s.get('audio_hours'), '{:.4f}')} | {_num(s.get('real_time_factor'), '{:.4f}')} | "
             f"{_num(s.get('audio_s_per_s'), '{:.1f}')} |"

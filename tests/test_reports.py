@@ -113,3 +113,12 @@ def test_write_report_writes_markdown_and_pngs(tmp_path):
     assert "### b" not in md  # perfect utterance is not among the worst
     assert "| dev-clean | 1 | 5 | 40.00 |" in md
     assert set(uris) == {"report.md", "plots/wer_per_split.png", "plots/wer_trend.png"}
+
+
+def test_split_table_shows_greedy_wer_beside_a_beam_jobs_wer():
+    from sew_pipeline.reports import _split_table
+    beam = {"s": {"n_utts": 2, "n_words": 9, "wer": 0.027, "cer": 0.01, "wer_greedy": 0.1676}}
+    header, _, row = _split_table(beam)
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["WER %"] == "2.70" and cells["WER % (greedy)"] == "16.76"
+    assert "greedy" not in _split_table({"s": {k: v for k, v in beam["s"].items() if k != "wer_greedy"}})[0]
