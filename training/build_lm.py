@@ -47,7 +47,7 @@ def find_lmplz(given: str | None) -> str:
     binary = build / "build/bin/lmplz"
     if not binary.exists():
         dl = build / "dl"
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-build-isolation",
                         "kenlm==0.3.0", "-d", str(dl)], check=True)
         with tarfile.open(next(dl.glob("kenlm-*.tar.gz"))) as tar:
             tar.extractall(build, filter="data")
