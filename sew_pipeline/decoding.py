@@ -10,6 +10,7 @@ finalize:    unpack_frames per window, concatenated in window order, decoded onc
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -73,7 +74,6 @@ def resolve(decoding, model_uri: str, vocab: Mapping[str, int], options: Mapping
         if lexicon is None and "unigrams.txt" in files:
             lexicon = storage.join(model_uri, f"{beam.LM_DIR}/unigrams.txt")
         if "attrs.json" in files:
-            import json
             attrs = json.loads(storage.read_text(storage.join(model_uri, f"{beam.LM_DIR}/attrs.json"), options))
     if lm is not None:
         _check_lm(lm, options)
@@ -90,7 +90,6 @@ def resolve(decoding, model_uri: str, vocab: Mapping[str, int], options: Mapping
 
 
 def _labels(model_uri: str, vocab: Mapping[str, int], options) -> list[str]:
-    import json
     alphabet = storage.join(model_uri, "alphabet.json")
     try:
         if _exists(alphabet, options):
@@ -131,22 +130,22 @@ def _check_lm(uri: str, options) -> None:
 # ------------------------------------------------------------------ model stage -> finalize
 def pack_frames(logp: np.ndarray, token_min_logp: float) -> bytes:
     """[F, V] log-probs of kept frames -> the candidates the search reads: header (F, id width), then per frame
-    its candidate count (uint8), all ids, all log-probs (float32)."""
+    its candidate count, all ids (both uint8, uint16 for vocabularies over 256), all log-probs (float32)."""
     keep = beam.candidate_mask(logp, token_min_logp)
-    counts = keep.sum(axis=1).astype(np.uint8)
     rows, ids = np.nonzero(keep)
-    width = 1 if logp.shape[1] <= 256 else 2
+    width = 1 if logp.shape[1] <= 256 else 2  # a frame's count can reach the vocabulary size too
     head = np.array([len(logp), width], "<u4").tobytes()
-    return head + counts.tobytes() + ids.astype(f"<u{width}").tobytes() + logp[rows, ids].astype("<f4").tobytes()
+    return (head + keep.sum(axis=1).astype(f"<u{width}").tobytes() + ids.astype(f"<u{width}").tobytes()
+            + logp[rows, ids].astype("<f4").tobytes())
 
 
 def unpack_frames(data: bytes) -> list[tuple[list[int], list[float]]]:
     frames, width = (int(x) for x in np.frombuffer(data, "<u4", 2))
-    counts = np.frombuffer(data, np.uint8, frames, 8)
+    counts = np.frombuffer(data, f"<u{width}", frames, 8)
     n = int(counts.sum())
-    ids = np.frombuffer(data, f"<u{width}", n, 8 + frames)
+    ids = np.frombuffer(data, f"<u{width}", n, 8 + frames * width)
     # float64, as the reference computes in (numpy 2): the same sums and ties as decoding dense log-probs
-    values = np.frombuffer(data, "<f4", n, 8 + frames + n * width).astype(np.float64)
+    values = np.frombuffer(data, "<f4", n, 8 + (frames + n) * width).astype(np.float64)
     cuts = np.cumsum(counts)[:-1]
     return [(i.tolist(), v.tolist()) for i, v in zip(np.split(ids, cuts), np.split(values, cuts))]
 

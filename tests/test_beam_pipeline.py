@@ -159,3 +159,14 @@ def test_transcribe_job_with_beam_decoding_every_id_once(ray_session, tmp_path):
     card = json.loads((DEMO / "eval.json").read_text())["language_model"]  # whole-utterance figures of the card
     assert (card["demo_corpus_wer_greedy"], card["demo_corpus_wer_beam"]) == (0.1676, 0.027)
     assert beam_wer <= card["demo_corpus_wer_beam"] + 0.05, (beam_wer, card)  # 2 s windows, stitched: close
+
+
+@pytest.mark.parametrize("vocab", [32, 300])
+def test_packed_frames_are_exactly_the_candidates_the_search_reads(vocab):
+    """Lossless for the search, also when a frame has more candidates than a byte counts (a large vocabulary)."""
+    from sew_pipeline.beam import BeamSearch, log_probs
+    logp = log_probs(np.random.default_rng(0).normal(0, 1, (40, vocab)).astype(np.float32))
+    want = BeamSearch([""] * vocab, token_min_logp=-9.0).candidates(logp)
+    got = decoding.unpack_frames(decoding.pack_frames(logp, -9.0))
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    np.testing.assert_allclose([x for _, v in got for x in v], [x for _, v in want for x in v], atol=1e-6)
