@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 import numpy as np
@@ -25,8 +25,9 @@ import soundfile as sf
 import soxr
 
 from sew_pipeline import storage
-from sew_pipeline.chunking import Window, plan_windows
+from sew_pipeline.chunking import Window, conv_frames, plan_windows
 from sew_pipeline.errors import ItemError
+from sew_pipeline.vad import StreamSegmenter, VadParams
 
 BLOCK_FRAMES = 1 << 16  # input frames decoded per step (8 s at 8 kHz)
 _MAGIC = (b"RIFF", b"RIFX", b"RF64", b"FORM", b"fLaC", b"OggS", b".snd", b"caff", b"ID3", b"riff")
@@ -249,11 +250,13 @@ def load(row: Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = 
 
 @dataclass
 class Chunk:
-    """One window of one channel, float32 at the target rate; times are in the item's timeline
-    (add the row's offset_s for the file's timeline)."""
+    """One window (or speech segment) of one channel, float32 at the target rate; times are in the item's
+    timeline (add the row's offset_s for the file's timeline). Segments: `num_windows` is None until the
+    channel's last one, which carries the count; a channel with no speech yields one chunk with
+    num_windows 0 and no audio."""
     channel: int
     window: Window
-    num_windows: int
+    num_windows: int | None
     audio: np.ndarray
     item_num_samples: int
     channels: tuple[int, ...] = (-1,)  # every channel this item yields, in order (known before the first chunk)
@@ -302,3 +305,46 @@ def iter_chunks(row: Mapping[str, Any], *, window_s: float, overlap_s: float,
                     nxt = windows[wi].start if wi < len(windows) else base + len(bufs[0])
                     bufs = [b[nxt - base:] for b in bufs]
                     base = nxt
+
+
+def iter_segments(row: Mapping[str, Any], *, params: VadParams, storage_options: Mapping[str, Any] | None = None,
+                  sample_rate: int = 16000, channels: str | int = "split", max_duration_s: float | None = None,
+                  stride: int = 320, align: int = 640, frames_for: Callable[[int], int] | None = None
+                  ) -> Iterator[Chunk]:
+    """Stream a row's audio as speech segments per channel (sew_pipeline.vad), each a whole model input whose
+    frames are all kept. Each channel's latest segment is held back until the next one or the end of the file,
+    so its last one can carry the count. Memory: per channel one open segment (or the VAD's warm-up) plus one
+    block. Raises ItemError, possibly after some segments (as iter_chunks)."""
+    uri = row.get("audio_uri")
+    frames_for = frames_for or conv_frames
+    with storage.open_input(uri, storage_options) as f:
+        src = _row_source(f, row, channels, max_duration_s, uri)
+        with src.snd:
+            _prescan_finite(src, uri)
+            total = resampled_length(src.stop - src.start, src.snd.samplerate, sample_rate)
+            chans = tuple(int(c) for c in src.chans)
+            vads = [StreamSegmenter(params, sample_rate, stride, align) for _ in chans]
+            held: list[Chunk | None] = [None] * len(chans)
+            counts = [0] * len(chans)
+
+            def chunk(k: int, seg, num: int | None) -> Chunk:
+                frame = seg.start // stride
+                w = Window(counts[k], seg.start, seg.end, frame, frame + frames_for(seg.end - seg.start), stride)
+                counts[k] += 1
+                return Chunk(chans[k], w, num, seg.audio, total, chans)
+
+            for blocks in _resampled_blocks(src.snd, src.start, src.stop, src.chans, sample_rate, uri):
+                for k, (vad, block) in enumerate(zip(vads, blocks)):
+                    for seg in vad.push(block):
+                        if held[k] is not None:
+                            yield held[k]
+                        held[k] = chunk(k, seg, None)
+            for k, vad in enumerate(vads):
+                for seg in vad.finish():
+                    if held[k] is not None:
+                        yield held[k]
+                    held[k] = chunk(k, seg, None)
+                if held[k] is None:  # no speech on this channel: one row says so
+                    yield Chunk(chans[k], Window(0, 0, 0, 0, 0, stride), 0, np.zeros(0, np.float32), total, chans)
+                else:
+                    yield replace(held[k], num_windows=counts[k])

@@ -301,6 +301,31 @@ class FinalizeConfig:
 
 
 @dataclasses.dataclass
+class SegmentationConfig:
+    """What goes to the model: fixed windows over all the audio, or only each channel's speech segments."""
+    method: Literal["windows", "vad"] = opt("windows", "windows = window_s/overlap_s windows over all the audio; vad = "
+                                                       "speech segments per channel (sew_pipeline.vad), one model "
+                                                       "input each, plus a conversation row per call")
+    threshold_db: float = opt(15.0, "vad: a 20 ms frame is speech this far above the channel's noise floor "
+                                    "(10th percentile of its frame energies)")
+    min_level_dbfs: float = opt(-60.0, "vad: and above this level (digital silence and hiss are never speech)")
+    min_speech_s: float = opt(0.2, "vad: shorter bursts are dropped")
+    min_silence_s: float = opt(0.3, "vad: a pause this long ends a segment")
+    padding_s: float = opt(0.2, "vad: audio kept before and after each segment")
+    max_segment_s: float = opt(20.0, "vad: longer speech is cut at its quietest point below this length")
+
+    def validate(self) -> None:
+        if self.min_speech_s <= 0 or self.min_silence_s <= 0 or self.padding_s < 0:
+            raise ConfigError("segmentation.min_speech_s and min_silence_s must be > 0, padding_s >= 0")
+        if not 2 * self.padding_s + 0.5 <= self.max_segment_s <= 600:
+            raise ConfigError("segmentation.max_segment_s must be in [2 * padding_s + 0.5, 600]")
+
+    def params(self):
+        from sew_pipeline.vad import VadParams
+        return VadParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(VadParams)})
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     """Keys shared by every job that runs a model over a manifest."""
     manifest: Union[str, list[str]] = opt(
@@ -326,6 +351,8 @@ class PipelineConfig:
                                                    metadata={"help": "model stage"})
     finalize: FinalizeConfig = dataclasses.field(default_factory=FinalizeConfig,
                                                  metadata={"help": "post-model stage and output files"})
+    segmentation: SegmentationConfig = dataclasses.field(
+        default_factory=SegmentationConfig, metadata={"help": "fixed windows, or speech segments (vad) for calls"})
     task: str = dataclasses.field(default="ctc", init=False, repr=False)
 
     def validate(self) -> None:

@@ -57,6 +57,8 @@ class EvalConfig(TranscribeConfig):
                               "and manifests")
         first = self.librispeech_root or next(iter(self.manifests.values()))
         PipelineConfig.validate(dataclasses.replace(self, manifest=first))
+        if self.segmentation.method != "windows":  # scores one transcript per utterance id
+            raise ConfigError("segmentation.method: the evaluation job scores whole utterances (windows)")
         if self.max_wer_increase < 0:
             raise ConfigError("max_wer_increase must be >= 0")
         if self.worst_n < 0:

@@ -64,6 +64,7 @@ class Context:
     top_k: int = 3
     decoder: DecoderSpec | None = None  # beam decoding (None: greedy)
     storage_options: dict | None = None  # for an LM in object storage
+    segments: bool = False  # segmentation vad: chunks are speech segments (sew_pipeline.conversation)
     _tokenizer: Any = field(default=None, repr=False)
 
     @property
@@ -77,7 +78,12 @@ def stitch_ctc(chunks: Rows, ctx: Context) -> dict:
     """One CTC item: its windows' kept frames in window order, decoded once (greedy, or beam search over the
     stitched frames, never per window), times on the file's timeline. (The model stage already cut each
     window's payload to its keep range.)"""
-    row = {**item_fields(chunks), "num_chunks": len(chunks), "decoder": "beam" if ctx.decoder else "greedy"}
+    return transcribe({**item_fields(chunks), "level": "item", "num_chunks": len(chunks)}, chunks, ctx)
+
+
+def transcribe(row: dict, chunks: Rows, ctx: Context) -> dict:
+    """``row`` with the text and words of ``chunks``' kept frames, whose first frame is at row["start_s"]."""
+    row["decoder"] = "beam" if ctx.decoder else "greedy"
     if row["error_type"] is None:
         ids = np.concatenate([np.frombuffer(c["payload"] or b"", dtype="<i2") for c in chunks])
         text, words = ctx.tokenizer.decode_words(ids, seconds_per_frame=ctx.spec.seconds_per_frame,
@@ -91,7 +97,7 @@ def stitch_ctc(chunks: Rows, ctx: Context) -> dict:
     return row
 
 
-def _labelled(probs: np.ndarray, ctx: Context) -> dict:
+def labelled(probs: np.ndarray, ctx: Context) -> dict:
     names = ctx.spec.label_names(len(probs))
     top = np.argsort(-probs, kind="stable")[: ctx.top_k]
     return {"label": names[top[0]], "score": float(probs[top[0]]),
@@ -112,9 +118,9 @@ def label_windows(chunks: Rows, ctx: Context) -> tuple[Rows, np.ndarray | None]:
         out.append({**item, "level": "window", "window_index": c["chunk_index"], "start_s": c["start_s"],
                     "end_s": c["end_s"], "duration_s": c["end_s"] - c["start_s"],
                     "processing_s": c["processing_s"], "frames": c["frames"], "padded_frames": c["padded_frames"],
-                    "num_windows": 1, **_labelled(p, ctx)})
+                    "num_windows": 1, **labelled(p, ctx)})
     mean = np.mean(probs, axis=0)
-    agg.update(_labelled(mean, ctx))
+    agg.update(labelled(mean, ctx))
     return out + [agg], mean
 
 
@@ -125,7 +131,7 @@ def aggregate_call(channels: Rows, means: list[np.ndarray], ctx: Context) -> dic
                                       "checkpoint_sha256")},
             "item_id": first["id"], "channel": -1, "level": "call", "error_type": None, "error": None,
             "num_windows": sum(r["num_windows"] for r in channels), "processing_s": 0.0, "frames": 0,
-            "padded_frames": 0, **_labelled(np.mean(means, axis=0), ctx)}
+            "padded_frames": 0, **labelled(np.mean(means, axis=0), ctx)}
 
 
 def finish_ctc(rows: Rows, ctx: Context) -> Rows:
@@ -136,10 +142,10 @@ def finish_classification(rows: Rows, ctx: Context) -> Rows:
     out, channels, means = [], [], []
     items = items_of(rows)
     for chunks in items:
-        labelled, mean = label_windows(chunks, ctx)
-        out.extend(labelled)
+        item_rows, mean = label_windows(chunks, ctx)
+        out.extend(item_rows)
         if mean is not None:
-            channels.append(labelled[-1])
+            channels.append(item_rows[-1])
             means.append(mean)
     if len(items) > 1 and len(means) == len(items):
         out.append(aggregate_call(channels, means, ctx))
@@ -153,7 +159,11 @@ FINISH: dict[str, Callable[[Rows, Context], Rows]] = {"ctc": finish_ctc, "classi
 def finish_id(rows: Rows, task: str, ctx: Context) -> Rows:
     """All output rows of one id. A failed decode (item_failed) is the id's only output."""
     failed = next((r for r in rows if r.get("item_failed")), None)
-    return FINISH[task]([failed] if failed is not None else rows, ctx)
+    rows = [failed] if failed is not None else rows
+    if ctx.segments:
+        from sew_pipeline.conversation import finish_segments
+        return finish_segments(rows, task, ctx)
+    return FINISH[task](rows, ctx)
 
 
 # ------------------------------------------------------------------ ids spanning blocks
@@ -169,7 +179,8 @@ class _Pending:
     def add(self, row: dict) -> bool:
         """Add ``row`` (a replayed chunk overwrites itself); True once every chunk of every item is here."""
         self.rows[(row["item_index"], row["chunk_index"])] = row
-        self.expected[row["item_index"]] = row["num_chunks"]
+        if row["num_chunks"] is not None:  # speech segments: only an item's last row knows the count
+            self.expected[row["item_index"]] = max(row["num_chunks"], 1)  # 0: the one no-speech row
         self.num_items = row["num_items"]
         return len(self.expected) == self.num_items and len(self.rows) == sum(self.expected.values())
 
@@ -209,10 +220,11 @@ class Finalizer:
 
     def __init__(self, spec: ModelSpec, task: str, run_id: str, top_k: int = 3,
                  merge: Callable[[Rows], list[Rows]] | None = None, decoder: DecoderSpec | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, segments: bool = False):
         self.task, self.run_id = task, run_id
         from sew_pipeline.storage import storage_options as resolved  # config options over this worker's env
-        self.ctx = Context(spec, top_k, decoder, resolved(storage_options) if decoder and decoder.lm else None)
+        self.ctx = Context(spec, top_k, decoder, resolved(storage_options) if decoder and decoder.lm else None,
+                           segments)
         self.schema = output_schema(task)
         self.merge = merge if merge is not None else KeyedMerge()
         self.merged_rows = 0  # rows that needed the merge (a counter for tests and benchmarks)
@@ -241,7 +253,7 @@ class Finalizer:
 
 def finalize_batch(batch: pa.Table, spec: ModelSpec, task: str, run_id: str, top_k: int,
                    merge: Callable[[Rows], list[Rows]], decoder: DecoderSpec | None = None,
-                   storage_options: dict | None = None) -> pa.Table:
+                   storage_options: dict | None = None, segments: bool = False) -> pa.Table:
     """Function form for stateless CPU tasks (the merge is the only shared state, and it is sharded; the
     beam decoder and its LM are loaded once per worker process, see decoding.decoder)."""
-    return Finalizer(spec, task, run_id, top_k, merge, decoder, storage_options)(batch)
+    return Finalizer(spec, task, run_id, top_k, merge, decoder, storage_options, segments)(batch)

@@ -90,14 +90,16 @@ class DecodeStage:
             yield error_row(base, "not_allowed", f"not_allowed: {base['audio_uri']}: "
                                                  "outside the configured allowed_prefixes")
             return
-        spec = self.spec
+        spec, cfg = self.spec, self.cfg
+        common = {"storage_options": self.options, "sample_rate": spec.sample_rate,
+                  "channels": _channels_mode(cfg.decode.channels), "max_duration_s": cfg.decode.max_duration_s,
+                  "stride": spec.total_stride, "align": spec.window_align, "frames_for": spec.frames}
+        if cfg.segmentation.method == "vad":
+            chunks = audio.iter_segments(row, params=cfg.segmentation.params(), **common)
+        else:
+            chunks = audio.iter_chunks(row, window_s=cfg.window_s, overlap_s=cfg.overlap_s, **common)
         try:
-            for chunk in audio.iter_chunks(row, window_s=self.cfg.window_s, overlap_s=self.cfg.overlap_s,
-                                           storage_options=self.options, sample_rate=spec.sample_rate,
-                                           channels=_channels_mode(self.cfg.decode.channels),
-                                           max_duration_s=self.cfg.decode.max_duration_s,
-                                           stride=spec.total_stride, align=spec.window_align,
-                                           frames_for=spec.frames):
+            for chunk in chunks:
                 yield self._chunk_row(base, chunk, spec)
         except ItemError as exc:
             yield error_row(base, exc.error_type, exc.message)
@@ -115,7 +117,8 @@ class DecodeStage:
                 "end_s": start + w.end / sr, "item_duration_s": chunk.item_num_samples / sr,
                 "keep_start_frame": w.keep_start_frame, "keep_end_frame": w.keep_end_frame,
                 "start_frame": w.start // spec.total_stride,
-                "audio": np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes()}
+                # num_chunks 0: a channel without speech (segmentation vad); the row only says so
+                "audio": np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes() if chunk.num_windows != 0 else None}
 
 
 def error_row(base: dict, error_type: str, message: str) -> dict:
@@ -186,8 +189,9 @@ class _Predictor:
         out = {"payload": [None] * n, "logp": [None] * n, "processing_s": [0.0] * n, "frames": [0] * n,
                "padded_frames": [0] * n}
         todo = []
+        no_speech = batch.column("num_chunks").to_pylist()
         for i in range(n):
-            if errors[i] is not None:
+            if errors[i] is not None or no_speech[i] == 0:
                 continue
             if waves[i] is None or not len(waves[i]):
                 errors[i] = "empty"

@@ -143,7 +143,7 @@ def run(cfg: PipelineConfig) -> JobResult:
         store.quarantine_incomplete()
         remaining = _without(manifest, store.completed_ids())
         skipped, manifest = manifest.num_rows - remaining.num_rows, remaining
-    todo, columns = manifest, SUMMARY_COLUMNS + (["level"] if cfg.task == "classification" else [])
+    todo, columns = manifest, SUMMARY_COLUMNS
     rows, watchdog = None, _Watchdog(cfg.progress_timeout_s)
     for attempt in range(1, cfg.max_passes + 1):
         if not todo.num_rows:
@@ -165,7 +165,7 @@ def run(cfg: PipelineConfig) -> JobResult:
         rows = store.read(columns, run_id=run_id)  # one read-back per pass: what was written, and the summary
         todo = _without(todo, set(rows.column("id").to_pylist()) if rows is not None else set())
     summary = summarize(rows, cfg.task, time.perf_counter() - t0, manifest.num_rows + skipped, skipped,
-                        expected=manifest.num_rows)
+                        expected=manifest.num_rows, seconds_per_frame=spec.seconds_per_frame)
     return JobResult(output=redact(cfg.output), run_id=run_id, summary=summary)
 
 
@@ -432,6 +432,7 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: mo
         # Stateless and scaled out: no process sees every row.
         .map_batches(_finalize_counted, fn_kwargs={"spec": spec, "task": cfg.task, "run_id": run_id, "top_k": top_k,
                                                    "merge": merge, "tick": ticks("finalize"), "decoder": decoder,
-                                                   "storage_options": cfg.storage_options},
+                                                   "storage_options": cfg.storage_options,
+                                                   "segments": cfg.segmentation.method == "vad"},
                      batch_size=None, batch_format="pyarrow", num_cpus=cfg.finalize.num_cpus)
     )

@@ -94,7 +94,8 @@ class ResultStore:
 
     def read(self, columns: list[str] | None = None, run_id: str | None = None) -> pa.Table | None:
         tables = _map_io(lambda p: self._read_file(p, columns), self.files(run_id))
-        return pa.concat_tables(tables) if tables else None
+        # files of an earlier release lack newer columns: read them as nulls
+        return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def read_results(uri: str, storage_options: dict | None = None, columns: list[str] | None = None) -> pa.Table | None:

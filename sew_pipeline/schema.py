@@ -33,27 +33,42 @@ _TRAILER = [
 ]
 
 NBEST = pa.struct([("text", pa.string()), ("score", pa.float64())])
+# segmentation: vad. A turn: consecutive speech segments of one channel (overlap: another channel speaks in it).
+TURN = pa.struct([("channel", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+                  ("text", pa.string()), ("label", pa.string()), ("overlap", pa.bool_())])
+CHANNEL_SPEECH = pa.struct([("channel", pa.int32()), ("speech_s", pa.float64()), ("segments", pa.int32())])
+_CONVERSATION = [
+    ("speech_s", pa.float64()),               # vad: speech seconds of the row (segment, channel, or whole call)
+    ("turns", pa.list_(TURN)),                # conversation rows: every channel's turns in time order
+    ("channel_speech", pa.list_(CHANNEL_SPEECH)),  # conversation rows: speech time and segments per channel
+]
 
+# level: "item" (segmentation windows: one row per item); with vad a "segment" row per speech segment and one
+# "conversation" row per id.
 CTC_SCHEMA = pa.schema(_SOURCE + [
+    ("level", pa.string()),
+    ("segment_index", pa.int32()),       # vad segment rows: index within the channel
     ("text", pa.string()),               # transcript of the configured decoder (null on error)
     ("words", pa.list_(WORD)),           # word timings in the source timeline
     ("decoder", pa.string()),            # "greedy" or "beam" (decoding.method)
     ("text_greedy", pa.string()),        # beam rows: the greedy transcript of the same frames (null for greedy)
     ("word_confidence", pa.list_(pa.float32())),  # beam rows: per word of `words`, see README (null for greedy)
     ("nbest", pa.list_(NBEST)),          # beam rows with decoding.n_best > 1: best first, with total scores
-    ("num_chunks", pa.int32()),          # windows stitched into this row
-] + _TRAILER)
+    ("num_chunks", pa.int32()),          # windows stitched into this row (conversation: segments)
+] + _CONVERSATION + _TRAILER)
 
 # level: "window" rows, then one "channel" aggregate per item and, for split multi-channel
-# audio, one "call" aggregate (channel -1) over all channels.
+# audio, one "call" aggregate (channel -1) over all channels. With vad: "segment" rows, "channel" aggregates
+# weighted by speech seconds, and one "conversation" row per id (the call aggregate, with its turns).
 CLASSIFICATION_SCHEMA = pa.schema(_SOURCE + [
     ("level", pa.string()),
     ("window_index", pa.int32()),        # null for aggregate rows
+    ("segment_index", pa.int32()),       # vad segment rows: index within the channel
     ("label", pa.string()),
     ("score", pa.float32()),
     ("top_k", pa.list_(LABEL_SCORE)),
-    ("num_windows", pa.int32()),
-] + _TRAILER)
+    ("num_windows", pa.int32()),         # windows or segments behind the row
+] + _CONVERSATION + _TRAILER)
 
 # Decoded chunk rows between DecodeStage and the model stage (see docs/DESIGN.md).
 CHUNK_SCHEMA = pa.schema([

@@ -59,7 +59,8 @@ def _wav(path, seconds, sr=16000, channels=1, subtype="PCM_16", seed=0):
 
 
 def _finalizer(cfg):
-    return Finalizer(resolve(cfg.model), cfg.task, "test", getattr(cfg, "top_k", 1))
+    return Finalizer(resolve(cfg.model), cfg.task, "test", getattr(cfg, "top_k", 1),
+                     segments=cfg.segmentation.method == "vad")
 
 
 def _run_stages(cfg, manifest, predictor_cls, shuffle_seed=None, batch_rows=5):

@@ -52,6 +52,13 @@ class Call:
         return buf.getvalue()
 
 
+def silent_call(duration_s: float, seed: int = 0, noise_dbfs: float = -50.0) -> Call:
+    """A call where nobody speaks: line noise on both channels."""
+    rng = np.random.default_rng(seed)
+    noise = (10 ** (noise_dbfs / 20)) * rng.standard_normal((int(duration_s * SR), 2))
+    return Call(noise.astype(np.float32), [])
+
+
 def demo_utterances() -> list[tuple[np.ndarray, str]]:
     """The shipped demo corpus (synthetic voices, texts known) at SR: what the demo model can transcribe."""
     out = []
@@ -64,11 +71,12 @@ def demo_utterances() -> list[tuple[np.ndarray, str]]:
 
 def make_call(utterances: list[tuple[np.ndarray, str]], duration_s: float, seed: int = 0,
               pause_s: tuple[float, float] = (0.3, 1.2), overlap_p: float = 0.15, noise_dbfs: float = -50.0,
-              echo_db: float | None = -24.0, echo_delay_s: float = 0.12) -> Call:
+              echo_db: float | None = -24.0, echo_delay_s: float = 0.12, silent: tuple[int, ...] = ()) -> Call:
     """Alternating turns of `utterances` (at SR, cycled in a seeded random order) until `duration_s`.
     Each turn starts a random pause after the previous one ends, or (with probability `overlap_p`) up to
     0.6 s before it ends. Speech is scaled to a speaking level (-20 dBFS RMS) before the line adds noise
-    (`noise_dbfs` RMS, both channels) and echo (`echo_db` relative to the speaker, None = no echo)."""
+    (`noise_dbfs` RMS, both channels) and echo (`echo_db` relative to the speaker, None = no echo). Channels in
+    `silent` never speak (their turns stay silent: the line still carries noise and the other side's echo)."""
     rng = np.random.default_rng(seed)
     n = int(duration_s * SR)
     speech = np.zeros((n, 2), np.float32)
@@ -81,8 +89,9 @@ def make_call(utterances: list[tuple[np.ndarray, str]], duration_s: float, seed:
         if start + len(x) > n:
             break
         level = 0.1 / max(float(np.sqrt(np.mean(x ** 2))), 1e-6)  # -20 dBFS RMS
-        speech[start:start + len(x), channel] += x * level
-        turns.append(Turn(channel, round(start / SR, 4), round((start + len(x)) / SR, 4), text))
+        if channel not in silent:
+            speech[start:start + len(x), channel] += x * level
+            turns.append(Turn(channel, round(start / SR, 4), round((start + len(x)) / SR, 4), text))
         end = (start + len(x)) / SR
         t = end - rng.uniform(0.2, 0.6) if rng.random() < overlap_p else end + rng.uniform(*pause_s)
         channel, k = 1 - channel, k + 1
