@@ -2,7 +2,11 @@
 
     # the candidates are not dependencies yet (both install without their declared dependencies)
     .venv/bin/pip install --no-deps silero-vad==6.2.3 webrtcvad-wheels
-    .venv/bin/python benchmarks/vad_choice.py [--minutes 10] [--json F]
+    .venv/bin/python benchmarks/vad_choice.py [--minutes 10] [--echo-db -24] [--noise-dbfs -50] [--json F]
+
+`energy` is the first, whole-channel version (noise floor from the whole channel); `sew_pipeline.vad` is what the
+pipeline runs (segmentation.method: vad): the same rule streaming, with a running floor, speech-frame counts and
+padding (its 0.2 s padding counts against its precision here).
 
 Calls: tests/support/calls.py generates two-channel 8 kHz calls from the demo corpus's synthetic utterances with
 ground-truth turns (alternating turns, pauses, some overlap, line noise, and the other party's echo at -24 dB on
@@ -51,6 +55,13 @@ def energy_vad(x: np.ndarray, sr: int) -> list[tuple[float, float]]:
     return _segments(on, 0.02, hangover_s=0.3, min_s=0.2)
 
 
+def pipeline_vad(x: np.ndarray, sr: int) -> list[tuple[float, float]]:
+    """sew_pipeline.vad as the decode stage runs it (streaming, running floor), here on the 8 kHz channel."""
+    from sew_pipeline import vad
+    frame = int(0.02 * sr)
+    return [(s.start / sr, s.end / sr) for s in vad.segments(x, sr, frame=frame, align=2 * frame)]
+
+
 def webrtc_vad(x: np.ndarray, sr: int, mode: int) -> list[tuple[float, float]]:
     import webrtcvad
     vad, hop = webrtcvad.Vad(mode), int(0.03 * sr)
@@ -90,17 +101,20 @@ def score(call, channel: int, segments: list[tuple[float, float]]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--echo-db", type=float, default=-24.0, help="echo of the other party, dB below the speaker")
+    ap.add_argument("--noise-dbfs", type=float, default=-50.0, help="line noise level")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
     from silero_vad import load_silero_vad
     from tests.support.calls import SR, demo_utterances, make_call
     torch.set_num_threads(1)
-    call = make_call(demo_utterances(), args.minutes * 60, seed=3)
+    call = make_call(demo_utterances(), args.minutes * 60, seed=3, echo_db=args.echo_db, noise_dbfs=args.noise_dbfs)
     model = load_silero_vad()
-    detectors = {"energy": lambda x: energy_vad(x, SR), "silero-vad 6.2.3": lambda x: silero(x, SR, model),
+    detectors = {"energy": lambda x: energy_vad(x, SR), "sew_pipeline.vad": lambda x: pipeline_vad(x, SR),
+                 "silero-vad 6.2.3": lambda x: silero(x, SR, model),
                  **{f"webrtcvad mode {m}": (lambda x, m=m: webrtc_vad(x, SR, m)) for m in (1, 3)}}
-    report = {"minutes": args.minutes, "sample_rate": SR,
+    report = {"minutes": args.minutes, "sample_rate": SR, "echo_db": args.echo_db, "noise_dbfs": args.noise_dbfs,
               "speech_fraction": [round(call.speech_fraction(c), 3) for c in (0, 1)], "results": {}}
     for name, detect in detectors.items():
         per_channel, seconds = [], 0.0

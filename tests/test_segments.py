@@ -13,12 +13,13 @@ import soxr
 
 from sew_pipeline import conversation, vad
 from sew_pipeline.config import ConfigError, LabelConfig, TranscribeConfig, load_config
-from sew_pipeline.metrics import word_counts
+from sew_pipeline.metrics import error_rate, word_counts
 from sew_pipeline.postprocess import Finalizer
 from sew_pipeline.predictors import ClassifierPredictor, CTCPredictor
 from sew_pipeline.schema import CTC_SCHEMA, PREDICTION_SCHEMA, to_table
 from sew_pipeline.spec import resolve
-from tests.support.calls import SR, demo_utterances, make_call, silent_call
+from tests.support.calls import (SR, channel_hypothesis, channel_reference, demo_utterances, make_call, silent_call,
+                                 turn_report)
 from tests.test_predictors import _manifest, _run_stages
 
 FRAME_S = 0.01
@@ -125,14 +126,9 @@ def ctc_runs(call, tmp_path_factory):
     return runs
 
 
-def _channel_text(rows, channel: int) -> str:
-    return " ".join(r["text"] for r in sorted(rows, key=lambda r: r["start_s"])
-                    if r["channel"] == channel and r["level"] in ("item", "segment") and r["text"])
-
-
 def _wer(ref: str, hyp: str) -> float:
     [c] = word_counts([ref], [hyp])
-    return (c.substitutions + c.deletions + c.insertions) / (c.hits + c.substitutions + c.deletions)
+    return error_rate(c.hits, c.substitutions, c.deletions, c.insertions)
 
 
 def test_vad_rows_segments_and_one_conversation_matching_the_calls_turns(call, ctc_runs):
@@ -148,12 +144,10 @@ def test_vad_rows_segments_and_one_conversation_matching_the_calls_turns(call, c
                for r in segs)
     for r in segs:  # word times lie inside their segment, on the file's timeline
         assert all(r["start_s"] - 1e-6 <= w["start_s"] <= w["end_s"] <= r["end_s"] + 0.02 for w in r["words"])
-    turns = conv["turns"]
-    assert [t["channel"] for t in turns] == [t.channel for t in call.turns]  # who spoke when, in order
-    starts = [abs(a["start_s"] - b.start_s) for a, b in zip(turns, call.turns)]
-    ends = [abs(a["end_s"] - b.end_s) for a, b in zip(turns, call.turns)]
+    turns, report = conv["turns"], turn_report(call, conv["turns"])
+    assert report["order_matches"]  # who spoke when, in order
     # true turns are whole clips (with the synthesiser's own leading/trailing silence); segments keep 0.2 s padding
-    assert np.mean(starts) < 0.5 and np.mean(ends) < 0.5
+    assert report["start_error_s"] < 0.5 and report["end_error_s"] < 0.5
     overlapped = {i for i, t in enumerate(call.turns) for a, b in call.overlaps() if t in (a, b)}
     assert overlapped and all(turns[i]["overlap"] for i in overlapped)
     for c in (0, 1):
@@ -167,8 +161,8 @@ def test_vad_sends_about_half_the_audio_of_fixed_windows_and_transcribes_no_wors
         return sum(r["frames"] - r["padded_frames"] for r in rows if r["level"] in ("item", "segment")) * 0.02
     assert model_s(ctc_runs["vad"]) <= 0.55 * model_s(ctc_runs["windows"])
     for c in (0, 1):
-        ref = " ".join(t.text for t in call.turns if t.channel == c)
-        wer_vad, wer_win = (_wer(ref, _channel_text(ctc_runs[m], c)) for m in ("vad", "windows"))
+        ref = channel_reference(call, c)
+        wer_vad, wer_win = (_wer(ref, channel_hypothesis(ctc_runs[m], c)) for m in ("vad", "windows"))
         assert wer_vad <= wer_win + 0.01, (c, wer_vad, wer_win)
 
 
@@ -213,7 +207,7 @@ def test_label_archive_stages_label_each_segment(call, tmp_path):
     assert sorted(r["level"] for r in rows if r["level"] != "segment") == ["channel", "channel", "conversation"]
     assert len(segs) >= 20 and all(r["label"] in resolve("demo-kws").labels and len(r["top_k"]) == 3 for r in segs)
     conv = next(r for r in rows if r["level"] == "conversation")
-    assert [t["channel"] for t in conv["turns"]] == [t.channel for t in call.turns]
+    assert turn_report(call, conv["turns"])["order_matches"]
 
 
 # ------------------------------------------------------------------ edge calls

@@ -102,3 +102,30 @@ def make_call(utterances: list[tuple[np.ndarray, str]], duration_s: float, seed:
         line[d:, 1] += gain * speech[:-d, 0]
     line += (10 ** (noise_dbfs / 20)) * rng.standard_normal(line.shape).astype(np.float32)
     return Call(np.clip(line, -1.0, 1.0), sorted(turns, key=lambda tr: tr.start_s))
+
+
+# ------------------------------------------------------------------ scoring a job's rows against a call's truth
+def channel_reference(call: Call, channel: int) -> str:
+    return " ".join(t.text for t in call.turns if t.channel == channel)
+
+
+def channel_hypothesis(rows: list[dict], channel: int) -> str:
+    """One channel's transcript from a job's rows: its item rows (windows) or segment rows (vad) in time order."""
+    mine = [r for r in rows if r["channel"] == channel and r.get("level") in ("item", "segment") and r.get("text")]
+    return " ".join(r["text"] for r in sorted(mine, key=lambda r: r["start_s"]))
+
+
+def turn_report(call: Call, turns: list[dict]) -> dict:
+    """How a conversation row's turns match the call's: the channel order (exact, and as a similarity ratio) and,
+    over turns matched in that order, the mean and worst distance of starts and ends (s)."""
+    from difflib import SequenceMatcher
+    got, want = [t["channel"] for t in turns], [t.channel for t in call.turns]
+    pairs = [(turns[i + k], call.turns[j + k]) for i, j, n in SequenceMatcher(None, got, want, autojunk=False)
+             .get_matching_blocks() for k in range(n)]
+    starts = [abs(a["start_s"] - b.start_s) for a, b in pairs]
+    ends = [abs(a["end_s"] - b.end_s) for a, b in pairs]
+    return {"turns": len(got), "true_turns": len(want), "order_matches": got == want,
+            "order_similarity": round(SequenceMatcher(None, got, want, autojunk=False).ratio(), 4),
+            "start_error_s": round(float(np.mean(starts)), 3) if pairs else None,
+            "end_error_s": round(float(np.mean(ends)), 3) if pairs else None,
+            "max_boundary_error_s": round(float(max(starts + ends)), 3) if pairs else None}
