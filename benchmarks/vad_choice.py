@@ -30,22 +30,6 @@ sys.path.insert(0, str(REPO))
 FRAME_S = 0.01
 
 
-def truth_frames(call, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """(this channel speaks, only the other channel speaks) per 10 ms frame."""
-    n = int(call.duration_s / FRAME_S)
-    own, other = np.zeros(n, bool), np.zeros(n, bool)
-    for t in call.turns:
-        (own if t.channel == channel else other)[int(t.start_s / FRAME_S):int(t.end_s / FRAME_S)] = True
-    return own, other & ~own
-
-
-def frames_of(segments: list[tuple[float, float]], n: int) -> np.ndarray:
-    out = np.zeros(n, bool)
-    for s, e in segments:
-        out[int(s / FRAME_S):int(e / FRAME_S)] = True
-    return out
-
-
 def energy_vad(x: np.ndarray, sr: int) -> list[tuple[float, float]]:
     """20 ms frames above the channel's noise floor (10th percentile) + 15 dB, 0.3 s hangover, >= 0.2 s."""
     hop = int(0.02 * sr)
@@ -89,8 +73,9 @@ def _segments(on: np.ndarray, step_s: float, hangover_s: float, min_s: float) ->
 
 
 def score(call, channel: int, segments: list[tuple[float, float]]) -> dict:
-    own, echo_only = truth_frames(call, channel)
-    got = frames_of(segments, len(own))
+    from tests.support.calls import span_frames, truth_frames
+    own, echo_only = truth_frames(call, channel, FRAME_S)
+    got = span_frames(segments, len(own), FRAME_S)
     starts = [t.start_s for t in call.turns if t.channel == channel]
     return {"accuracy": float(np.mean(got == own)), "recall": float(got[own].mean()),
             "precision": float(own[got].mean()) if got.any() else 0.0,

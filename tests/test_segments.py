@@ -11,19 +11,16 @@ import pytest
 import soundfile as sf
 import soxr
 
-from sew_pipeline import conversation, vad
+from sew_pipeline import conversation, decoding, vad
 from sew_pipeline.config import ConfigError, LabelConfig, TranscribeConfig, load_config
 from sew_pipeline.metrics import error_rate, word_counts
 from sew_pipeline.postprocess import Finalizer
-from sew_pipeline.predictors import ClassifierPredictor, CTCPredictor
+from sew_pipeline.predictors import ClassifierPredictor, CTCPredictor, DecodeStage
 from sew_pipeline.schema import CTC_SCHEMA, PREDICTION_SCHEMA, to_table
 from sew_pipeline.spec import resolve
 from tests.support.calls import (SR, channel_hypothesis, channel_reference, demo_utterances, make_call, silent_call,
-                                 turn_report)
+                                 span_frames, truth_frames, turn_report)
 from tests.test_predictors import _manifest, _run_stages
-
-FRAME_S = 0.01
-
 
 @pytest.fixture(scope="module")
 def utterances():
@@ -37,22 +34,6 @@ def call(utterances):
 
 def _at16k(x: np.ndarray) -> np.ndarray:
     return soxr.resample(x, SR, 16000).astype(np.float32)
-
-
-def _truth(call, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per 10 ms frame: this channel speaks; only the other one does (its echo is on this line)."""
-    n = int(call.duration_s / FRAME_S)
-    own, other = np.zeros(n, bool), np.zeros(n, bool)
-    for t in call.turns:
-        (own if t.channel == channel else other)[int(t.start_s / FRAME_S):int(t.end_s / FRAME_S)] = True
-    return own, other & ~own
-
-
-def _frames(spans, n: int) -> np.ndarray:
-    out = np.zeros(n, bool)
-    for s, e in spans:
-        out[int(s / FRAME_S):int(e / FRAME_S)] = True
-    return out
 
 
 def _cfg(cls, model, method, *sets):
@@ -70,8 +51,8 @@ def test_vad_finds_each_partys_speech_and_not_the_other_partys_echo(call):
     for ch in (0, 1):
         x = _at16k(call.audio[:, ch])
         segs = vad.segments(x)
-        own, echo_only = _truth(call, ch)
-        got = _frames([(s.start / 16000, s.end / 16000) for s in segs], len(own))
+        own, echo_only = truth_frames(call, ch)
+        got = span_frames([(s.start / 16000, s.end / 16000) for s in segs], len(own))
         assert got[own].mean() >= 0.93          # recall of speech frames
         assert own[got].mean() >= 0.88          # precision (padding makes some non-speech frames speech)
         assert got[echo_only].mean() <= 0.05    # the far end's echo is not this party speaking
@@ -296,3 +277,22 @@ def test_export_command_writes_one_file_per_call_and_format(tmp_path):
     empty.mkdir()
     pq.write_table(to_table([{"id": "a", "level": "item"}], CTC_SCHEMA), empty / "part-r-0.parquet")
     assert main([str(empty), "--to", str(tmp_path / "none")]) == 2  # a windows job has no conversations
+
+
+def test_vad_segments_decode_with_beam_and_lm(utterances, tmp_path):
+    call = make_call(utterances, 30, seed=8)
+    cfg = _cfg(TranscribeConfig, "demo-ctc", "vad", "decoding.method=beam")
+    spec = resolve("demo-ctc")
+    decoder = decoding.resolve(cfg.decoding, spec.uri, dict(spec.vocab), {})
+    preds = CTCPredictor(cfg)(DecodeStage(cfg)(_manifest([("call", _write_call(tmp_path / "c.wav", call))])))
+    rows = Finalizer(spec, "ctc", "r", decoder=decoder, segments=True)(preds.select(PREDICTION_SCHEMA.names)).to_pylist()
+    segs = [r for r in rows if r["level"] == "segment"]
+    assert segs and all(r["decoder"] == "beam" and r["text_greedy"] is not None for r in segs)
+    for c in (0, 1):  # the LM helps here as it does on whole utterances
+        ref = channel_reference(call, c)
+        beam = channel_hypothesis(segs, c)
+        greedy = " ".join(r["text_greedy"] for r in sorted(segs, key=lambda r: r["start_s"]) if r["channel"] == c)
+        assert _wer(ref, beam) < _wer(ref, greedy)
+    conv = rows[-1]
+    assert conv["level"] == "conversation" and " ".join(t["text"] for t in conv["turns"] if t["channel"] == 0) == \
+        channel_hypothesis(segs, 0)

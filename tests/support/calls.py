@@ -104,7 +104,24 @@ def make_call(utterances: list[tuple[np.ndarray, str]], duration_s: float, seed:
     return Call(np.clip(line, -1.0, 1.0), sorted(turns, key=lambda tr: tr.start_s))
 
 
-# ------------------------------------------------------------------ scoring a job's rows against a call's truth
+# ------------------------------------------------------------------ scoring against a call's truth
+def truth_frames(call: Call, channel: int, frame_s: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: this channel speaks; only the other channel does (what this line carries is their echo)."""
+    n = int(call.duration_s / frame_s)
+    own, other = np.zeros(n, bool), np.zeros(n, bool)
+    for t in call.turns:
+        (own if t.channel == channel else other)[int(t.start_s / frame_s):int(t.end_s / frame_s)] = True
+    return own, other & ~own
+
+
+def span_frames(spans: list[tuple[float, float]], n: int, frame_s: float = 0.01) -> np.ndarray:
+    """(start_s, end_s) spans as a per-frame mask of n frames."""
+    out = np.zeros(n, bool)
+    for s, e in spans:
+        out[int(s / frame_s):int(e / frame_s)] = True
+    return out
+
+
 def channel_reference(call: Call, channel: int) -> str:
     return " ".join(t.text for t in call.turns if t.channel == channel)
 
