@@ -251,21 +251,31 @@ def parse_args(cls: type[T], argv: Sequence[str] | None, description: str,
 @dataclasses.dataclass
 class InferenceConfig:
     """Actor pool and batching of the model stage."""
-    num_actors: int = opt(1, "fixed number of model actors (each loads the model once)")
+    num_actors: Optional[int] = opt(None, "fixed number of model actors (each loads the model once); null = one per "
+                                          "GPU when actors get GPUs, else 1")
     cpus_per_actor: float = opt(1.0, "CPUs per actor on CPU clusters; torch uses this many threads")
-    use_gpu: Literal["auto", "yes", "no"] = opt("auto", "one GPU per actor: auto = when the cluster has GPUs")
+    use_gpu: Literal["auto", "yes", "no"] = opt("auto", "one GPU per actor: auto = when the cluster has GPUs; yes = "
+                                                        "fail at once without a usable one (true/false work too)")
     precision: Literal["reference", "fp32", "bf16", "int8"] = opt(
-        "fp32", "reference = plain model; fp32/bf16/int8 = models.fast inference path (fused kernels)")
-    compile: bool = opt(False, "torch.compile the fast path (pays on long runs; ~1 min compile per actor and shape)")
+        "fp32", "on CPU: reference = plain model; fp32/bf16/int8 = models.fast inference path (fused kernels)")
+    gpu_precision: Literal["auto", "reference", "fp32", "bf16", "int8"] = opt(
+        "auto", "on a GPU: auto = bf16 where the GPU has it natively (compute capability >= 8), else fp32; int8 runs "
+                "as bf16 (or fp32) there, with a warning")
+    tf32: bool = opt(False, "on a GPU: allow TF32 for fp32 matmuls and convolutions (faster on Ampere and later, "
+                            "~1e-3 relative error; off = fp32 means fp32)")
+    compile: bool = opt(False, "torch.compile the fast path, warmed up when the actor starts (eager if compiling fails;"
+                               " pays on long runs: ~1 min compile per actor and shape)")
     batch_rows: int = opt(256, "chunk rows handed to an actor per call (grouped by duration inside)")
-    max_batch_audio_s: float = opt(160.0, "bound on padded audio seconds per forward pass")
+    max_batch_audio_s: float = opt(160.0, "bound on padded audio seconds per forward pass (on CPU)")
+    gpu_max_batch_audio_s: float = opt(1200.0, "the same bound when the actor runs on a GPU (larger passes keep it busy)")
     max_padding_fraction: float = opt(0.08, "a forward pass never pads more than this fraction of frames")
 
     def validate(self) -> None:
-        if self.num_actors < 1 or self.batch_rows < 1 or self.cpus_per_actor <= 0:
-            raise ConfigError("inference.num_actors, batch_rows must be >= 1 and cpus_per_actor > 0")
-        if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0:
-            raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s > 0")
+        if (self.num_actors is not None and self.num_actors < 1) or self.batch_rows < 1 or self.cpus_per_actor <= 0:
+            raise ConfigError("inference.num_actors (null or >= 1), batch_rows must be >= 1 and cpus_per_actor > 0")
+        if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0 or self.gpu_max_batch_audio_s <= 0:
+            raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s and "
+                              "gpu_max_batch_audio_s > 0")
 
 
 @dataclasses.dataclass

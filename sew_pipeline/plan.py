@@ -61,9 +61,20 @@ def model_resources(cfg, cluster: Cluster) -> dict[str, float]:
     return {"num_cpus": inf.cpus_per_actor}
 
 
+def actor_count(cfg, cluster: Cluster) -> int:
+    """inference.num_actors, or when it is null: one per GPU when actors get GPUs (as many as have a CPU beside
+    them and room for a decode task), else 1."""
+    if cfg.inference.num_actors is not None:
+        return cfg.inference.num_actors
+    if "num_gpus" not in model_resources(cfg, cluster):
+        return 1
+    beside = max(cfg.decode.num_cpus, cfg.finalize.num_cpus)
+    return max(1, min(int(cluster.gpus), int(cluster.cpus - beside)))
+
+
 def check(cfg, cluster: Cluster) -> dict[str, float]:
     """Raise `PlanError` if ``cfg`` cannot run on ``cluster``; else return the model actor's resources."""
-    inf, n = cfg.inference, cfg.inference.num_actors
+    inf, n = cfg.inference, actor_count(cfg, cluster)
     where = cluster.describe()
     if inf.use_gpu == "yes" and cluster.gpus < 1:
         raise PlanError(f"inference.use_gpu=yes, but {where}: use inference.use_gpu=auto or no")
@@ -113,7 +124,7 @@ def decode_block_rows(batch_rows: int, num_rows: int, cluster: Cluster) -> int:
 def fit_actors(cfg, cluster: Cluster) -> int:
     """The most model actors (<= inference.num_actors) that fit ``cluster`` (0 if none does): used to
     go on after a node is lost, with fewer actors, rather than wait forever for the lost ones."""
-    for n in range(cfg.inference.num_actors, 0, -1):
+    for n in range(actor_count(cfg, cluster), 0, -1):
         trial = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, num_actors=n))
         try:
             check(trial, cluster)

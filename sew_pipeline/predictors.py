@@ -134,13 +134,6 @@ def decode_batch(batch: pa.Table, cfg: PipelineConfig, spec: ModelSpec | None = 
 
 
 # ------------------------------------------------------------------ model stage
-def _pick_device(use_gpu: str) -> str:
-    import torch
-    if use_gpu == "no" or not torch.cuda.is_available():
-        return "cpu"
-    return "cuda"
-
-
 def fast_model(model: Any, precision: str, device: str, compile: bool = False) -> Any:  # noqa: A002
     """The models.fast inference copy (same call contract), or the model itself for "reference"."""
     if precision == "reference":
@@ -169,17 +162,39 @@ class _Predictor:
 
     def __init__(self, cfg: PipelineConfig, spec: ModelSpec | None = None, num_threads: int | None = None):
         import torch
-        from sew_pipeline import models, storage
+        from sew_pipeline import device, models, storage
         options = storage.storage_options(cfg.storage_options)
         self.cfg, self.spec = cfg, spec or resolve(cfg.model, options)
-        self.device = _pick_device(cfg.inference.use_gpu)
-        if self.device == "cpu":  # actor CPUs == torch threads, so actors don't oversubscribe cores
-            torch.set_num_threads(max(1, int(num_threads or cfg.inference.cpus_per_actor)))
+        inf = cfg.inference
+        self.device = device.pick_device(inf.use_gpu)  # DeviceError: a GPU asked for or reserved, none usable
+        gpu = self.device == "cuda"
+        if gpu:
+            device.set_tf32(inf.tf32)
+        else:  # actor CPUs == torch threads, so actors don't oversubscribe cores
+            torch.set_num_threads(max(1, int(num_threads or inf.cpus_per_actor)))
+        self.precision, why = device.resolve_precision(inf.gpu_precision if gpu else inf.precision, self.device)
+        if why:
+            log.warning("%s", why)
+        self.max_batch_s = inf.gpu_max_batch_audio_s if gpu else inf.max_batch_audio_s
         self.model = getattr(models, self.model_cls_name).from_pretrained(self.spec.uri, storage_options=options)
         self.model.eval().to(self.device)
         self.sha256 = getattr(self.model, "checkpoint_sha256", None)
-        self.model = fast_model(self.model, cfg.inference.precision, self.device, cfg.inference.compile)
+        self.min_samples = getattr(self.model.config, "min_input_samples", 400)
         self.feature_extractor = models.FeatureExtractor.from_pretrained(self.spec.uri, storage_options=options)
+        self.model = self._prepared(self.model, inf.compile)
+
+    def _prepared(self, model: Any, compile: bool) -> Any:  # noqa: A002
+        """The fast path; compiled and warmed up here, so a compiler that cannot run (no Triton, no C compiler)
+        falls back to eager once, in __init__, instead of failing every batch."""
+        fast = fast_model(model, self.precision, self.device, compile)
+        if compile:
+            try:
+                self._forward(fast, [np.zeros(self.spec.sample_rate, np.float32)] * 2)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eager
+                log.warning("torch.compile failed in warm-up (%s: %s); running eager", type(exc).__name__,
+                            str(exc).splitlines()[0] if str(exc) else "")
+                fast = fast_model(model, self.precision, self.device, False)
+        return fast
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Chunk rows → prediction rows, column-wise: the audio column is read in place and dropped."""
@@ -198,20 +213,12 @@ class _Predictor:
                 messages[i] = f"empty: {batch.column('audio_uri')[i].as_py()}: no samples in window"
             else:
                 todo.append(i)
-        inf = self.cfg.inference
         self.begin(batch)
         from sew_pipeline.models.batching import plan_length_groups
         for group in plan_length_groups([len(waves[i]) for i in todo],
-                                        max_batch_samples=int(inf.max_batch_audio_s * self.spec.sample_rate),
-                                        max_padding_fraction=inf.max_padding_fraction):
-            idx = [todo[g] for g in group]
-            try:
-                self._run_group(idx, [waves[i] for i in idx], out)
-            except Exception as exc:  # noqa: BLE001 - the batch's items become typed error rows
-                log.exception("inference failed on %d items", len(idx))
-                for i in idx:
-                    errors[i] = "inference"
-                    messages[i] = redact(f"inference: {type(exc).__name__}: {exc}")
+                                        max_batch_samples=int(self.max_batch_s * self.spec.sample_rate),
+                                        max_padding_fraction=self.cfg.inference.max_padding_fraction):
+            self._run_or_split([todo[g] for g in group], waves, out, errors, messages)
         table = batch.drop_columns(["audio", "error_type", "error"])
         columns = {"error_type": errors, "error": messages, "model": [self.spec.name] * n,
                    "checkpoint_sha256": [self.sha256] * n, **out}
@@ -220,26 +227,58 @@ class _Predictor:
             table = table.append_column(f, pa.array(values, f.type))
         return table.select(PREDICTION_SCHEMA.names)
 
-    def _run_group(self, idx: list[int], waves: list[np.ndarray], out: dict) -> None:
+    def _run_or_split(self, idx: list[int], waves: list, out: dict, errors: list, messages: list) -> None:
+        """One forward pass over ``idx``; out of memory: the two halves again, down to one item, whose failure is
+        then that item's error row alone. A broken device ends the process (see device.end_process)."""
+        from sew_pipeline import device
+        try:
+            self._run_group(idx, [waves[i] for i in idx], out)
+            return
+        except Exception as exc:  # noqa: BLE001 - sorted below: retry, end the process, or typed error rows
+            kind = device.failure_kind(exc)
+            if kind == "device":
+                device.end_process(exc)
+            if kind == "oom" and len(idx) > 1:
+                del exc  # drop the failed pass's tensors (held by the traceback) before the retry
+                device.release_memory(self.device)
+                half = len(idx) // 2
+                self._run_or_split(idx[:half], waves, out, errors, messages)
+                self._run_or_split(idx[half:], waves, out, errors, messages)
+                return
+            log.exception("inference failed on %d item(s)", len(idx))
+            for i in idx:
+                errors[i] = "inference"
+                messages[i] = redact(f"inference: {type(exc).__name__}: {exc}")
+
+    def _forward(self, model: Any, waves: list[np.ndarray]) -> tuple[Any, float, int]:
+        """(the group's payload results, seconds, padded samples per item). The mask is built on the device from
+        the lengths (no [B, T] int64 copy), and is None when nothing is padded; host tensors are pinned for an
+        asynchronous copy to a GPU. Clips shorter than the model minimum are padded with silence that counts as
+        audio, so no item has a fully masked attention row."""
         import torch
-        # Always mask: with it the fast path computes each item exactly as if it were alone (padding-invariant),
-        # also for checkpoints like sew-tiny whose preprocessor says return_attention_mask=false.
         feats = self.feature_extractor(waves, return_attention_mask=True)
-        values, mask = feats["input_values"], feats["attention_mask"]
-        short = getattr(self.model.config, "min_input_samples", 400) - values.shape[1]
-        if short > 0:  # clips shorter than the model minimum: pad (masked) instead of failing
-            values = torch.nn.functional.pad(values, (0, short))
-            mask = torch.nn.functional.pad(mask, (0, short))
-        values = values.to(self.device)
-        mask = mask.to(self.device)
+        values = feats["input_values"]
+        lengths = [max(len(w), self.min_samples) for w in waves]
+        width = max(lengths)
+        if values.shape[1] < width:
+            values = torch.nn.functional.pad(values, (0, width - values.shape[1]))
+        gpu = self.device == "cuda"
+        values = (values.pin_memory() if gpu else values).to(self.device, non_blocking=gpu)
+        mask = None
+        if min(lengths) < width:
+            lens = torch.tensor(lengths, dtype=torch.long)
+            lens = (lens.pin_memory() if gpu else lens).to(self.device, non_blocking=gpu)
+            mask = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).long()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            logits = self.model(values, attention_mask=mask).logits
-            results = self.payloads(logits)  # one device→host copy per group
-        seconds = time.perf_counter() - t0
-        frames_total = int(self.model.output_lengths(int(values.shape[1])))
+            results = self.payloads(model(values, attention_mask=mask).logits)  # one device→host copy per group
+        return results, time.perf_counter() - t0, width
+
+    def _run_group(self, idx: list[int], waves: list[np.ndarray], out: dict) -> None:
+        results, seconds, width = self._forward(self.model, waves)
+        frames_total = int(self.model.output_lengths(width))
         for j, i in enumerate(idx):
-            valid = int(self.model.output_lengths(len(waves[j])))
+            valid = int(self.model.output_lengths(max(len(waves[j]), self.min_samples)))
             out["processing_s"][i] = seconds / len(idx)
             out["frames"][i] = frames_total
             out["padded_frames"][i] = max(frames_total - valid, 0)

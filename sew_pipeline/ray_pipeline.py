@@ -132,7 +132,12 @@ def run(cfg: PipelineConfig) -> JobResult:
                         "use a new output location, or resume: true to complete it")
     manifest = _load_manifest(cfg, options)
     ensure_ray(cfg.ray_address)
-    plan.check(cfg, _cluster())
+    cluster = _cluster()
+    resources = plan.check(cfg, cluster)
+    cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference,
+                                                                 num_actors=plan.actor_count(cfg, cluster)))
+    if "num_gpus" in resources:
+        _check_gpu_workers()
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log.info("run %s config %s", run_id, redacted_dict(cfg))
     if decoder is not None:
@@ -182,6 +187,20 @@ def _write_pass(cfg: PipelineConfig, todo: pa.Table, run_id: str, spec: model_sp
     finally:
         for handle in [*merges.handles, progress]:
             ray.kill(handle)
+
+
+def _check_gpu_workers() -> None:
+    """Before any work: a GPU worker must see a CUDA device (a CPU-only torch in the image, or a driver mismatch,
+    would otherwise leave every model actor failing, or running on one CPU thread while holding a GPU)."""
+    from sew_pipeline import device
+    try:
+        report = ray.get(ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(device.cuda_report).remote(), timeout=300)
+    except ray.exceptions.GetTimeoutError:
+        raise plan.PlanError(f"no GPU became free for the start-up check in 300 s: {_free_resources()}") from None
+    if not report["available"]:
+        raise UserError(report["message"])
+    log.info("GPU workers: %s (compute capability %s, %s GiB, bf16 %s), torch %s, CUDA %s", report["name"],
+             report["capability"], report["memory_gib"], report["bf16"], report["torch"], report["cuda"])
 
 
 def _cluster() -> plan.Cluster:
@@ -428,7 +447,7 @@ def build_dataset(cfg: PipelineConfig, manifest: pa.Table, run_id: str, spec: mo
         .map_batches(_counted_predictor(predictor_class(cfg.task)),
                      fn_constructor_kwargs={"cfg": cfg, "spec": spec, "tick": ticks("model")},
                      batch_size=cfg.inference.batch_rows, batch_format="pyarrow",
-                     compute=ray.data.ActorPoolStrategy(size=cfg.inference.num_actors), **resources)
+                     compute=ray.data.ActorPoolStrategy(size=plan.actor_count(cfg, cluster)), **resources)
         # Stateless and scaled out: no process sees every row.
         .map_batches(_finalize_counted, fn_kwargs={"spec": spec, "task": cfg.task, "run_id": run_id, "top_k": top_k,
                                                    "merge": merge, "tick": ticks("finalize"), "decoder": decoder,

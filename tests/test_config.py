@@ -39,7 +39,7 @@ def test_storage_options_as_a_whole_mapping():
     (["manifest=m", "output=o", "windw_s=3"], "unknown config key(s): windw_s"),
     (["manifest=m", "output=o", "inference.num_actor=2"], "inference.num_actor"),
     (["manifest=m", "output=o", "window_s=long"], "window_s: expected float, got str"),
-    (["manifest=m", "output=o", "inference.num_actors=1.5"], "inference.num_actors: expected int"),
+    (["manifest=m", "output=o", "inference.num_actors=1.5"], "inference.num_actors: expected Optional[int]"),
     (["manifest=m", "output=o", "resume=maybe"], "resume: expected bool"),
     (["manifest=m", "output=o", "inference.use_gpu=always"], "inference.use_gpu: must be one of"),
     (["manifest=m", "output=o", "storage_options=3"], "storage_options: expected dict"),
@@ -99,7 +99,8 @@ def test_secrets_are_not_in_the_logged_run_config(tmp_path, monkeypatch, caplog)
 
     monkeypatch.setattr(ray_pipeline, "ensure_ray", lambda *a, **k: None)  # no cluster needed for this
     monkeypatch.setattr(ray_pipeline, "_cluster", lambda *a, **k: None)
-    monkeypatch.setattr(ray_pipeline.plan, "check", lambda *a, **k: None)
+    monkeypatch.setattr(ray_pipeline.plan, "check", lambda *a, **k: {"num_cpus": 1})
+    monkeypatch.setattr(ray_pipeline.plan, "actor_count", lambda *a, **k: 1)
     monkeypatch.setattr(ray_pipeline, "_write_pass", stop)
     (tmp_path / "m.jsonl").write_text('{"audio_filepath": "a.wav", "id": "a"}\n')
     cfg = load_config(TranscribeConfig, None, [

@@ -303,8 +303,9 @@ class FastSEW(nn.Module):
             x = sew.feature_projection(x)
         T = x.shape[1]
         frame_mask = None if attention_mask is None else sew.frame_mask(attention_mask, T)
-        if frame_mask is not None and bool(frame_mask.all()):
-            frame_mask = None  # nothing padded: skip the masking work (and sdpa's mask path)
+        if frame_mask is not None and frame_mask.device.type == "cpu" and bool(frame_mask.all()):
+            frame_mask = None  # nothing padded: skip the masking work (on a GPU this check would sync mid-forward;
+            # the pipeline passes no mask there when nothing is padded)
         squeezed = kept = None
         s = self.config.squeeze_factor
         if frame_mask is not None:
