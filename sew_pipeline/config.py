@@ -254,6 +254,8 @@ class InferenceConfig:
     num_actors: Optional[int] = opt(None, "fixed number of model actors (each loads the model once); null = one per "
                                           "GPU when actors get GPUs, else 1")
     cpus_per_actor: float = opt(1.0, "CPUs per actor on CPU clusters; torch uses this many threads")
+    actors_per_gpu: int = opt(1, "model actors sharing one GPU (2: one actor's host work overlaps the other's "
+                                 "forward passes)")
     use_gpu: Literal["auto", "yes", "no"] = opt("auto", "one GPU per actor: auto = when the cluster has GPUs; yes = "
                                                         "fail at once without a usable one (true/false work too)")
     precision: Literal["reference", "fp32", "bf16", "int8"] = opt(
@@ -271,8 +273,10 @@ class InferenceConfig:
     max_padding_fraction: float = opt(0.08, "a forward pass never pads more than this fraction of frames")
 
     def validate(self) -> None:
-        if (self.num_actors is not None and self.num_actors < 1) or self.batch_rows < 1 or self.cpus_per_actor <= 0:
-            raise ConfigError("inference.num_actors (null or >= 1), batch_rows must be >= 1 and cpus_per_actor > 0")
+        if ((self.num_actors is not None and self.num_actors < 1) or self.batch_rows < 1 or self.cpus_per_actor <= 0
+                or not 1 <= self.actors_per_gpu <= 8):
+            raise ConfigError("inference.num_actors (null or >= 1), batch_rows must be >= 1, cpus_per_actor > 0 and "
+                              "actors_per_gpu in [1, 8]")
         if not 0 <= self.max_padding_fraction < 1 or self.max_batch_audio_s <= 0 or self.gpu_max_batch_audio_s <= 0:
             raise ConfigError("inference.max_padding_fraction must be in [0, 1), max_batch_audio_s and "
                               "gpu_max_batch_audio_s > 0")

@@ -54,10 +54,11 @@ class Cluster:
 
 
 def model_resources(cfg, cluster: Cluster) -> dict[str, float]:
-    """Ray resources of one model actor: one GPU (+1 CPU for its host work), or k CPUs = k torch threads."""
+    """Ray resources of one model actor: a GPU, or 1/actors_per_gpu of one (+1 CPU for its host work), or k CPUs =
+    k torch threads."""
     inf = cfg.inference
     if inf.use_gpu == "yes" or (inf.use_gpu == "auto" and cluster.gpus >= 1):
-        return {"num_gpus": 1, "num_cpus": 1}
+        return {"num_gpus": 1 / inf.actors_per_gpu, "num_cpus": 1}
     return {"num_cpus": inf.cpus_per_actor}
 
 
@@ -69,7 +70,7 @@ def actor_count(cfg, cluster: Cluster) -> int:
     if "num_gpus" not in model_resources(cfg, cluster):
         return 1
     beside = max(cfg.decode.num_cpus, cfg.finalize.num_cpus)
-    return max(1, min(int(cluster.gpus), int(cluster.cpus - beside)))
+    return max(1, min(int(cluster.gpus) * cfg.inference.actors_per_gpu, int(cluster.cpus - beside)))
 
 
 def check(cfg, cluster: Cluster) -> dict[str, float]:
@@ -80,11 +81,13 @@ def check(cfg, cluster: Cluster) -> dict[str, float]:
         raise PlanError(f"inference.use_gpu=yes, but {where}: use inference.use_gpu=auto or no")
     res = model_resources(cfg, cluster)
     gpu = "num_gpus" in res
-    if gpu and n > cluster.gpus:
-        raise PlanError(f"inference.num_actors={n} needs {n} GPUs (one per model actor), but {where}: "
-                        f"lower inference.num_actors to {int(cluster.gpus)}")
+    per_gpu = inf.actors_per_gpu
+    if gpu and n > cluster.gpus * per_gpu:
+        raise PlanError(f"inference.num_actors={n} needs {-(-n // per_gpu)} GPUs ({per_gpu} model actor(s) per GPU: "
+                        f"inference.actors_per_gpu), but {where}: lower inference.num_actors to "
+                        f"{int(cluster.gpus) * per_gpu}")
     actor_cpus = res["num_cpus"]
-    if not any(node.cpus >= actor_cpus and node.gpus >= (1 if gpu else 0) for node in cluster.nodes):
+    if not any(node.cpus >= actor_cpus and node.gpus >= res.get("num_gpus", 0) for node in cluster.nodes):
         raise PlanError(f"a model actor needs {actor_cpus:g} CPU{' and 1 GPU' if gpu else ''} on one node "
                         f"(inference.cpus_per_actor), but {where}")
     # Model actors hold their CPUs for the whole run; decode and finalize tasks need room beside them

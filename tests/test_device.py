@@ -83,6 +83,10 @@ def test_actor_count_defaults_to_one_per_gpu():
     assert plan.actor_count(cfg, plan.Cluster((plan.Node(3, 4, 64 * 2**30),))) == 2  # a CPU each + decode
     assert plan.actor_count(cfg, plan.Cluster((plan.Node(16, 0, 64 * 2**30),))) == 1
     assert plan.actor_count(_cfg(TranscribeConfig, "demo-ctc", "inference.num_actors=3"), gpus) == 3
+    two = _cfg(TranscribeConfig, "demo-ctc", "inference.actors_per_gpu=2")  # host work of one beside the other's GPU
+    assert plan.actor_count(two, gpus) == 8 and plan.check(two, gpus) == {"num_gpus": 0.5, "num_cpus": 1}
+    with pytest.raises(plan.PlanError, match="needs 5 GPUs .2 model actor.s. per GPU"):
+        plan.check(_cfg(TranscribeConfig, "demo-ctc", "inference.actors_per_gpu=2", "inference.num_actors=9"), gpus)
 
 
 # ------------------------------------------------------------------ failures
