@@ -238,20 +238,21 @@ class _Predictor:
             kind = device.failure_kind(exc)
             if kind == "device":
                 device.end_process(exc)
-            if kind == "oom" and len(idx) > 1:
-                del exc  # drop the failed pass's tensors (held by the traceback) before the retry
-                device.release_memory(self.device)
-                half = len(idx) // 2
-                self._run_or_split(idx[:half], waves, out, errors, messages)
-                self._run_or_split(idx[half:], waves, out, errors, messages)
+            if kind != "oom" or len(idx) == 1:
+                log.exception("inference failed on %d item(s)", len(idx))
+                for i in idx:
+                    errors[i] = "inference"
+                    messages[i] = redact(f"inference: {type(exc).__name__}: {exc}")
                 return
-            log.exception("inference failed on %d item(s)", len(idx))
-            for i in idx:
-                errors[i] = "inference"
-                messages[i] = redact(f"inference: {type(exc).__name__}: {exc}")
+        # Out of memory: retried outside the except block, where the failed pass's tensors (held by its traceback)
+        # are already freed.
+        device.release_memory(self.device)
+        half = len(idx) // 2
+        self._run_or_split(idx[:half], waves, out, errors, messages)
+        self._run_or_split(idx[half:], waves, out, errors, messages)
 
     def _forward(self, model: Any, waves: list[np.ndarray]) -> tuple[Any, float, int]:
-        """(the group's payload results, seconds, padded samples per item). The mask is built on the device from
+        """(the group's payload results, forward seconds, padded width in samples). The mask is built on the device from
         the lengths (no [B, T] int64 copy), and is None when nothing is padded; host tensors are pinned for an
         asynchronous copy to a GPU. Clips shorter than the model minimum are padded with silence that counts as
         audio, so no item has a fully masked attention row."""
