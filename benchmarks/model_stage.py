@@ -4,7 +4,7 @@
 
 The same chunk rows (seeded noise; 0.3-3 s clips, the per-row overhead's worst case, and 20 s windows) go through
 the model stage of both trees, each in its own process with one torch thread, alternating A B A B, on demo-ctc
-and on a random model in the sew-tiny shape (where host work is a larger share). Prints ms per row (median of the
+and on the tests' tiny random model (where host work is a larger share). Prints ms per row (median of the
 repeats) and the ratio. On a CPU this measures the host-side changes (masks built from lengths, no mask when
 nothing is padded); pinned memory and non-blocking copies only apply on a GPU (benchmarks/gpu_check.py).
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=REPO, check=True,
                        capture_output=True)
         try:
-            models = {"demo-ctc": "demo-ctc", "sew-tiny shape (random)": tiny_model(Path(tmp))}
+            models = {"demo-ctc": "demo-ctc", "tiny test model (random)": tiny_model(Path(tmp))}
             for name, model in models.items():
                 for clips, seconds in (("0.3-3 s clips", [0.3, 1.0, 2.0, 3.0]), ("20 s windows", [20.0])):
                     rows = args.rows if seconds[0] < 10 else max(32, args.rows // 16)

@@ -257,8 +257,7 @@ class _Predictor:
         asynchronous copy to a GPU. Clips shorter than the model minimum are padded with silence that counts as
         audio, so no item has a fully masked attention row."""
         import torch
-        feats = self.feature_extractor(waves, return_attention_mask=True)
-        values = feats["input_values"]
+        values = self.feature_extractor(waves, return_attention_mask=False)["input_values"]
         lengths = [max(len(w), self.min_samples) for w in waves]
         width = max(lengths)
         if values.shape[1] < width:

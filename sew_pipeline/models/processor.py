@@ -77,16 +77,22 @@ class FeatureExtractor:
                  ) -> dict[str, torch.Tensor | None]:
         """List of 1-D float arrays at `sampling_rate` -> {"input_values": [B, S], "attention_mask": [B, S] | None}."""
         want_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
-        rows = [normalize(w) if self.do_normalize else np.asarray(w, np.float32) for w in waveforms]
+        rows = [np.asarray(w, np.float32) for w in waveforms]
         longest = max(len(r) for r in rows)
         values = np.full((len(rows), longest), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(rows), longest), dtype=np.int64)
-        for i, r in enumerate(rows):
-            values[i, : len(r)] = r
-            mask[i, : len(r)] = 1
+        for i, r in enumerate(rows):  # normalised straight into the batch (no per-row copy)
+            out = values[i, : len(r)]
+            if self.do_normalize:  # the same float32 operations as normalize()
+                np.subtract(r, r.mean(), out=out)
+                out /= np.sqrt(r.var() + 1e-7)
+            else:
+                out[:] = r
         import torch
-        return {"input_values": torch.from_numpy(values),
-                "attention_mask": torch.from_numpy(mask) if want_mask else None}
+        mask = None
+        if want_mask:  # built only when asked for (the pipeline builds its mask from lengths, on the device)
+            lengths = np.array([len(r) for r in rows])
+            mask = torch.from_numpy((np.arange(longest)[None, :] < lengths[:, None]).astype(np.int64))
+        return {"input_values": torch.from_numpy(values), "attention_mask": mask}
 
 
 class CTCTokenizer:
