@@ -333,18 +333,19 @@ def iter_segments(row: Mapping[str, Any], *, params: VadParams, storage_options:
                 counts[k] += 1
                 return Chunk(chans[k], w, num, seg.audio, total, chans)
 
-            for blocks in _resampled_blocks(src.snd, src.start, src.stop, src.chans, sample_rate, uri):
-                for k, (vad, block) in enumerate(zip(vads, blocks)):
-                    for seg in vad.push(block):
-                        if held[k] is not None:
-                            yield held[k]
-                        held[k] = chunk(k, seg, None)
-            for k, vad in enumerate(vads):
-                for seg in vad.finish():
-                    if held[k] is not None:
-                        yield held[k]
-                    held[k] = chunk(k, seg, None)
-                if held[k] is None:  # no speech on this channel: one row says so
+            def speech() -> Iterator[tuple[int, Any]]:  # (channel position, segment), as the file decodes
+                for blocks in _resampled_blocks(src.snd, src.start, src.stop, src.chans, sample_rate, uri):
+                    for k, (vad, block) in enumerate(zip(vads, blocks)):
+                        yield from ((k, seg) for seg in vad.push(block))
+                for k, vad in enumerate(vads):
+                    yield from ((k, seg) for seg in vad.finish())
+
+            for k, seg in speech():
+                if held[k] is not None:
+                    yield held[k]
+                held[k] = chunk(k, seg, None)
+            for k, last in enumerate(held):
+                if last is None:  # no speech on this channel: one row says so
                     yield Chunk(chans[k], Window(0, 0, 0, 0, 0, stride), 0, np.zeros(0, np.float32), total, chans)
                 else:
-                    yield replace(held[k], num_windows=counts[k])
+                    yield replace(last, num_windows=counts[k])
