@@ -158,3 +158,21 @@ def test_reverberate_keeps_length_and_peak_and_adds_a_tail():
     assert out.shape == y.shape and out.dtype == np.float32
     assert np.isclose(np.abs(out).max(), 0.5, rtol=1e-4)
     assert np.abs(out[2000:6000]).max() > 1e-4  # energy after the dry signal ended: the room's tail
+
+
+def test_joined_utterances_use_every_atom_once_within_one_voice_and_the_length_cap():
+    from training.compose import assemble, plan_epoch, text_of
+    rng = random.Random(0)
+    rows = [{"voice": f"v{i % 3}", "num_samples": rng.randint(8000, 80000), "text": f"W{i}"} for i in range(300)]
+    utts = plan_epoch(rows, seed=4, p_join=0.7, max_s=12.0)
+    assert sorted(i for u in utts for i in u.atoms) == list(range(300))  # each atom exactly once per epoch
+    assert all(len({rows[i]["voice"] for i in u.atoms}) == 1 for u in utts)  # one talker per utterance
+    assert max(u.num_samples for u in utts) <= 12 * 16000 and sum(len(u.atoms) > 1 for u in utts) > 20
+    assert utts == plan_epoch(rows, seed=4, p_join=0.7, max_s=12.0)  # a resumed run rebuilds the same epoch
+    assert all(len(u.atoms) == 1 for u in plan_epoch(rows, seed=4, p_join=0.0))
+    u = next(u for u in utts if len(u.atoms) == 3)
+    wave = assemble(u, lambda i: np.full(rows[i]["num_samples"], 0.5, np.float32), np.random.default_rng(0))
+    assert wave.size == u.num_samples and text_of(u, rows) == " ".join(rows[i]["text"] for i in u.atoms)
+    first = rows[u.atoms[0]]["num_samples"]
+    pause = wave[first: first + u.pauses[0]]
+    assert 1e-5 < np.abs(pause).max() < 0.01  # faint noise between sentences, not digital silence nor speech

@@ -13,6 +13,7 @@ import torch
 
 from sew_pipeline.models import CTCTokenizer, FeatureExtractor, SEWForCTC, SEWForSequenceClassification
 from training.common import UttSet
+from training.evaluate import HELDOUT
 
 ASSETS = Path(__file__).resolve().parents[1] / "sew_pipeline" / "assets" / "models"
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> bool:
     torch.set_num_threads(2)
     ok = True
     ctc_dir, kws_dir = ASSETS / "demo-ctc", ASSETS / "demo-kws"
-    held = UttSet("ctc_heldout")
+    held = UttSet(HELDOUT)
     if (ctc_dir / "config.json").exists():
         ours, fe, tok = SEWForCTC.from_pretrained(ctc_dir), FeatureExtractor.from_pretrained(ctc_dir), \
             CTCTokenizer.from_pretrained(ctc_dir)

@@ -1,7 +1,9 @@
 """Measure exported demo models the way they are shipped (our FeatureExtractor + CTCTokenizer, greedy decoding).
 
-- CTC: held-out synthetic set (unseen voices AND unseen sentences), the same audio through an 8 kHz mu-law
-  round trip, the diagnostic set (unseen sentences, training voices), and the real LibriSpeech fixtures.
+- CTC: held-out synthetic set (general English sentences never trained on, in voices never trained on: flite rms,
+  Festival ked_diphone, espeak-ng held-out pairs), the same audio through an 8 kHz mu-law round trip, the
+  diagnostic set (unseen sentences, training voices), the first generation's held-out set, the real LibriSpeech
+  fixtures and the shipped demo corpus.
 - KWS: held-out synthetic words (unseen voices, unseen _unknown_ words) + held-out generated noise, and the
   real Speech Commands clips (yes / no / noise / silence).
 Run: python -m training.evaluate [--ctc DIR] [--kws DIR]   (writes training/work/results_*.json)
@@ -76,26 +78,41 @@ def eval_demo_corpus(model_dir: Path) -> dict:
             "wer_8k_mulaw": error_rates(refs, ctc_transcribe(model_dir, [telephone_mulaw(w) for w in waves]))[1]}
 
 
+HELDOUT, DEV, V1_HELDOUT = "gen_heldout", "gen_dev", "ctc_heldout"
+
+
+def voice_group(voice: str) -> str:
+    """Held-out figures per engine voice; espeak-ng's held-out accent+variant pairs pooled as one group."""
+    return "espeak-ng held-out pairs" if voice.startswith("espeak") else voice
+
+
+def _scored(s: UttSet, hyps: list[str]) -> dict:
+    return dict(zip(("cer", "wer"), error_rates([r["text"] for r in s.rows], hyps)), n=len(s))
+
+
 def eval_ctc(model_dir: Path) -> dict:
+    """Second-generation sets (general English, training/synth_general.py); the first generation's held-out
+    set (grammar sentences, espeak-ng held-out voices) too when it is there."""
     t0 = time.time()
     res: dict = {"model": str(model_dir)}
-    held = UttSet("ctc_heldout")
+    held = UttSet(HELDOUT)
     waves = [held.audio(i) for i in range(len(held))]
-    refs = [r["text"] for r in held.rows]
     hyps = ctc_transcribe(model_dir, waves)
-    res["heldout"] = dict(zip(("cer", "wer"), error_rates(refs, hyps)), n=len(refs),
-                          hours=sum(w.size for w in waves) / 16000 / 3600)
+    res["heldout"] = {**_scored(held, hyps), "hours": sum(w.size for w in waves) / 16000 / 3600}
     by_voice = defaultdict(lambda: ([], []))
-    for r, h, row in zip(refs, hyps, held.rows):
-        by_voice[row["voice"]][0].append(r)
-        by_voice[row["voice"]][1].append(h)
-    res["heldout_by_voice"] = {v: dict(zip(("cer", "wer"), error_rates(*rh))) for v, rh in sorted(by_voice.items())}
-    res["heldout_examples"] = [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:8]]
-    hyps8 = ctc_transcribe(model_dir, [telephone_mulaw(w) for w in waves])
-    res["heldout_8k_mulaw"] = dict(zip(("cer", "wer"), error_rates(refs, hyps8)))
-    dev = UttSet("ctc_dev_seenvoice")
-    dh = ctc_transcribe(model_dir, [dev.audio(i) for i in range(len(dev))])
-    res["dev_seenvoice"] = dict(zip(("cer", "wer"), error_rates([r["text"] for r in dev.rows], dh)), n=len(dev))
+    for h, row in zip(hyps, held.rows):
+        by_voice[voice_group(row["voice"])][0].append(row["text"])
+        by_voice[voice_group(row["voice"])][1].append(h)
+    res["heldout_by_voice"] = {v: dict(zip(("cer", "wer"), error_rates(*rh)), n=len(rh[0]))
+                               for v, rh in sorted(by_voice.items())}
+    res["heldout_examples"] = [{"ref": r["text"], "hyp": h, "voice": r["voice"]}
+                               for r, h in list(zip(held.rows, hyps))[::37][:8]]
+    res["heldout_8k_mulaw"] = _scored(held, ctc_transcribe(model_dir, [telephone_mulaw(w) for w in waves]))
+    dev = UttSet(DEV)
+    res["dev_seenvoice"] = _scored(dev, ctc_transcribe(model_dir, [dev.audio(i) for i in range(len(dev))]))
+    if (WORK / f"{V1_HELDOUT}.jsonl").exists():
+        v1 = UttSet(V1_HELDOUT)
+        res["v1_heldout"] = _scored(v1, ctc_transcribe(model_dir, [v1.audio(i) for i in range(len(v1))]))
     ids, lw, lr = librispeech()
     lh = ctc_transcribe(model_dir, lw)
     res["librispeech_fixtures"] = dict(zip(("cer", "wer"), error_rates(lr, lh)), n=len(ids),

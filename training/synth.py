@@ -19,7 +19,7 @@ import subprocess
 import time
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
@@ -84,6 +84,13 @@ def to_int16(y: np.ndarray) -> np.ndarray:
 
 def write_set(name: str, jobs: list[tuple], meta: list[dict], pool: Pool, flac: bool = False,
               render_fn: Callable[[tuple], tuple[str, np.ndarray]] = render) -> None:
+    write_items(name, lambda: pool.imap(render_fn, jobs, chunksize=16), meta, flac)
+
+
+def write_items(name: str, items: Callable[[], Iterable[tuple[str, np.ndarray]]], meta: list[dict],
+                flac: bool = False) -> None:
+    """Store rendered (id, int16 samples) items, in ``meta``'s order, as set ``name`` (skipped when complete).
+    ``items`` is called only when the set is missing, so a finished set costs no rendering."""
     bin_path, man_path = WORK / f"{name}.bin", WORK / f"{name}.jsonl"
     if man_path.exists():
         print(f"[synth] {name}: exists, skipped")
@@ -94,14 +101,14 @@ def write_set(name: str, jobs: list[tuple], meta: list[dict], pool: Pool, flac: 
     if flac:
         fdir.mkdir(parents=True, exist_ok=True)
     with open(bin_path, "wb") as f:
-        for (uid, y), m in zip(pool.imap(render_fn, jobs, chunksize=16), meta):
+        for (uid, y), m in zip(items(), meta):
             f.write(y.tobytes())
             rows.append({**m, "id": uid, "offset": offset, "num_samples": int(y.size)})
             offset += y.size
             if flac:
                 sf.write(fdir / f"{uid}.flac", y, SR, subtype="PCM_16")
             if len(rows) % 2000 == 0:
-                print(f"[synth] {name}: {len(rows)}/{len(jobs)} ({offset / SR / 3600:.2f} h) {time.time() - t0:.0f}s",
+                print(f"[synth] {name}: {len(rows)}/{len(meta)} ({offset / SR / 3600:.2f} h) {time.time() - t0:.0f}s",
                       flush=True)
     tmp = man_path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,4 +1,8 @@
-"""Train the demo CTC model (SEWForCTC, LibriSpeech 32-symbol vocabulary) on espeak-ng synthetic speech.
+"""Train the demo CTC model (SEWForCTC, LibriSpeech 32-symbol vocabulary) on synthetic speech.
+
+First generation: espeak-ng sentences of the demo grammar (set ctc_train). Second generation (issue 16):
+general English in several engines (training/synth_general.py, set gen_train), fine-tuned from the first
+model (--init), with atoms joined into 1-30 s utterances (--p-join, training/compose.py) and room reverb.
 
 Resumable at any point: one state file (default training/work/ctc_resume.pt) holds weights, optimizer, step,
 epoch position and best metrics; it is replaced atomically every --save-every-s seconds. Rerun the same command
@@ -18,10 +22,11 @@ import torch
 
 from sew_pipeline.models import SEWConfig, SEWForCTC
 from training.common import (WORK, Meter, UttSet, augment, collate, encode_text, greedy_decode, load_state, log,
-                             lr_at, param_count, perturb_speed, save_state)
+                             lr_at, param_count, perturb_speed, reverberate, save_state)
+from training.compose import assemble, plan_epoch, text_of
 
 SR = 16000
-COMMITTED = Path(__file__).resolve().parent / "state" / "ctc_resume.pt"
+COMMITTED = Path(__file__).resolve().parent / "state"  # resume files carried between sessions (same name)
 
 
 def ctc_config() -> SEWConfig:
@@ -101,23 +106,29 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (after saving) after this long; 0 = no limit")
     ap.add_argument("--p-speed", type=float, default=0.5, help="probability of speed/formant perturbation (0.85-1.2)")
+    ap.add_argument("--train-set", default="ctc_train")
+    ap.add_argument("--eval-sets", default="heldout=ctc_heldout,dev_seenvoice=ctc_dev_seenvoice",
+                    help="name=set pairs evaluated every --eval-every steps (the first decides nothing: all logged)")
+    ap.add_argument("--init", type=Path, default=None, help="start a new run from this exported CTC folder")
+    ap.add_argument("--p-join", type=float, default=0.0, help="probability an utterance joins several atoms")
+    ap.add_argument("--max-utt-s", type=float, default=30.0, help="longest joined utterance")
+    ap.add_argument("--p-room", type=float, default=0.0, help="probability of synthetic room reverb + mic tilt")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    logfile = WORK / "train_ctc.log"
-    train = UttSet("ctc_train")
-    evals = {"heldout": UttSet("ctc_heldout"), "dev_seenvoice": UttSet("ctc_dev_seenvoice")}
+    run = a.state.stem.removesuffix("_resume")  # ctc_resume.pt -> train_ctc.log, ctc_last/ (as before)
+    logfile = WORK / f"train_{run}.log"
+    train = UttSet(a.train_set)
+    evals = {k: UttSet(v) for k, v in (pair.split("=") for pair in a.eval_sets.split(","))}
     noise = np.load(WORK / "noise" / "noise_train.npy")
-    lengths = np.array([r["num_samples"] for r in train.rows])
-    labels_all = [encode_text(r["text"]) for r in train.rows]
-    model = SEWForCTC(ctc_config())
+    model = SEWForCTC.from_pretrained(a.init) if a.init else SEWForCTC(ctc_config())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8)
     st = load_state(a.state) or {}
-    if not st and COMMITTED.exists():  # fresh machine: continue from the resume file committed to git
-        st = load_state(COMMITTED) or {}
-        log(f"no {a.state}; continuing from committed {COMMITTED}", logfile)
+    if not st and (COMMITTED / a.state.name).exists():  # fresh machine: continue from the file committed to git
+        st = load_state(COMMITTED / a.state.name) or {}
+        log(f"no {a.state}; continuing from committed {COMMITTED / a.state.name}", logfile)
     step, epoch, pos, wall = st.get("step", 0), st.get("epoch", 0), st.get("pos", 0), st.get("wall_s", 0.0)
     sched_from, sched_total = st.get("sched_from", 0), st.get("sched_total", a.steps)
     sched_base = st.get("sched_base", a.lr)
@@ -137,12 +148,18 @@ def main(argv: list[str] | None = None) -> Path:
             sched_base = lr_now(step)
             sched_from, sched_total = step, a.steps
         log(f"resumed {a.state} at step {step} (epoch {epoch}, batch {pos}, {wall / 60:.1f} min trained)", logfile)
-    log(f"CTC model {param_count(model) / 1e6:.2f}M params; train {len(train)} utts "
-        f"({lengths.sum() / SR / 3600:.1f} h); target steps {a.steps}", logfile)
+    log(f"CTC model {param_count(model) / 1e6:.2f}M params; train {len(train)} atoms "
+        f"({sum(r['num_samples'] for r in train.rows) / SR / 3600:.1f} h); target steps {a.steps}", logfile)
     rng = np.random.default_rng(10_000 + step)
     max_samples = int(a.batch_seconds * SR)
-    batches = make_batches(lengths, max_samples, seed=epoch)
+
+    def epoch_batches(e: int):
+        utts = plan_epoch(train.rows, seed=e, p_join=a.p_join, max_s=a.max_utt_s)
+        return utts, make_batches(np.array([u.num_samples for u in utts]), max_samples, seed=e)
+
+    utts, batches = epoch_batches(epoch)
     meter, t_save, t_start = Meter(), time.time(), time.time()
+    last = WORK / f"{run}_last"
 
 
     def save() -> None:
@@ -155,13 +172,17 @@ def main(argv: list[str] | None = None) -> Path:
     while step < a.steps:
         if pos >= len(batches):
             epoch, pos = epoch + 1, 0
-            batches = make_batches(lengths, max_samples, seed=epoch)
-        idx = batches[pos]
+            utts, batches = epoch_batches(epoch)
+        batch = [utts[i] for i in batches[pos]]
         pos += 1
-        waves = [augment(perturb_speed(train.audio(i), rng) if rng.random() < a.p_speed else train.audio(i), rng, noise,
-                         p_noise=0.4, snr_db=(5.0, 40.0), p_tel=0.2) for i in idx]
+        waves = []
+        for u in batch:
+            y = assemble(u, train.audio, rng)
+            y = perturb_speed(y, rng) if rng.random() < a.p_speed else y
+            y = reverberate(y, rng) if rng.random() < a.p_room else y
+            waves.append(augment(y, rng, noise, p_noise=0.4, snr_db=(5.0, 40.0), p_tel=0.2))
         x, m = collate(waves)
-        labs = [labels_all[i] for i in idx]
+        labs = [encode_text(text_of(u, train.rows)) for u in batch]
         y = torch.full((len(labs), max(len(t) for t in labs)), -100, dtype=torch.long)
         for k, t in enumerate(labs):
             y[k, : len(t)] = torch.tensor(t)
@@ -186,16 +207,16 @@ def main(argv: list[str] | None = None) -> Path:
                             **{f"{k}_{m_}": v[j] for k, v in res.items() for j, m_ in enumerate(("cer", "wer"))}})
             log(f"ctc step {step} EVAL " + " ".join(f"{k}: CER {c:.3f} WER {w:.3f}" for k, (c, w) in res.items())
                 + f" ({time.time() - t_ev:.0f}s)", logfile)
-            model.save_pretrained(WORK / "ctc_last")
+            model.save_pretrained(last)
         if time.time() - t_save > a.save_every_s:
             save()
             t_save = time.time()
         if a.max_minutes and time.time() - t_start > a.max_minutes * 60:
             break
     save()
-    model.save_pretrained(WORK / "ctc_last")
+    model.save_pretrained(last)
     log(f"ctc stopped at step {step}, {(wall + time.time() - t_start) / 60:.1f} min trained", logfile)
-    return WORK / "ctc_last"
+    return last
 
 
 if __name__ == "__main__":

