@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def recordings(held: UttSet, seconds: float, seed: int = 0) -> dict[str, Utteran
 
 def run_job(manifest: Path, out: Path, model: Path, window_s: float, overlap_s: float) -> list[dict]:
     from sew_pipeline.results import read_results
+    shutil.rmtree(out, ignore_errors=True)  # the job resumes into an existing output: start clean per model
     subprocess.run([sys.executable, str(REPO / "jobs/transcribe_corpus.py"), "--set", f"manifest={manifest}",
                     "--set", f"output={out}", "--set", f"model={model}", "--set", f"window_s={window_s}",
                     "--set", f"overlap_s={overlap_s}"], check=True, capture_output=True, text=True)
