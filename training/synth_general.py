@@ -56,7 +56,7 @@ def _festival_chunk(name: str, items: list[tuple]) -> list[np.ndarray]:
         script = Path(tmp) / "chunk.scm"
         script.write_text("\n".join(lines) + "\n")
         subprocess.run(["festival", "-b", str(script)], capture_output=True, check=True)
-        return [voices._read((Path(tmp) / f"{k}.wav").read_bytes()) for k in range(len(items))]
+        return [voices.read_wav((Path(tmp) / f"{k}.wav").read_bytes()) for k in range(len(items))]
 
 
 def render_chunk(job: tuple[str, list[tuple]]) -> list[tuple[str, np.ndarray]]:

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--p-speed", type=float, default=0.5, help="probability of speed/formant perturbation (0.85-1.2)")
     ap.add_argument("--train-set", default="ctc_train")
     ap.add_argument("--eval-sets", default="heldout=ctc_heldout,dev_seenvoice=ctc_dev_seenvoice",
-                    help="name=set pairs evaluated every --eval-every steps (the first decides nothing: all logged)")
+                    help="name=set pairs evaluated and logged every --eval-every steps (none selects a checkpoint)")
     ap.add_argument("--init", type=Path, default=None, help="start a new run from this exported CTC folder")
     ap.add_argument("--p-join", type=float, default=0.0, help="probability an utterance joins several atoms")
     ap.add_argument("--max-utt-s", type=float, default=30.0, help="longest joined utterance")

@@ -34,7 +34,7 @@ def engine_voices() -> list[str]:
     return [f"flite:{v}" for v in FLITE] + [f"festival:{v}" for v in FESTIVAL]
 
 
-def _read(data: bytes) -> np.ndarray:
+def read_wav(data: bytes) -> np.ndarray:
     x, sr = sf.read(io.BytesIO(data), dtype="float32")
     x = x if x.ndim == 1 else x.mean(axis=1)
     return soxr.resample(x, sr, SR).astype(np.float32) if sr != SR else x
@@ -69,7 +69,7 @@ def render(voice: str, text: str, stretch: float = 1.0, pitch: int = 50) -> np.n
         return piper_render(text, stretch, noise=0.3 + pitch / 100, noise_w=0.4 + pitch / 90)
     if engine == "espeak":
         wpm = int(round(175 / stretch))
-        return _read(subprocess.run(["espeak-ng", "-v", name, "-s", str(wpm), "-p", str(pitch), "--stdout", text],
+        return read_wav(subprocess.run(["espeak-ng", "-v", name, "-s", str(wpm), "-p", str(pitch), "--stdout", text],
                                     capture_output=True, check=True).stdout)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
@@ -82,7 +82,7 @@ def render(voice: str, text: str, stretch: float = 1.0, pitch: int = 50) -> np.n
                            capture_output=True, check=True)
         else:
             raise ValueError(f"unknown engine {engine!r} in voice {voice!r}")
-        return _read(out.read_bytes())
+        return read_wav(out.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> dict:
