@@ -176,3 +176,14 @@ def test_joined_utterances_use_every_atom_once_within_one_voice_and_the_length_c
     first = rows[u.atoms[0]]["num_samples"]
     pause = wave[first: first + u.pauses[0]]
     assert 1e-5 < np.abs(pause).max() < 0.01  # faint noise between sentences, not digital silence nor speech
+
+
+def test_demo_recipe_cycles_hand_over_at_each_start_and_end_at_the_requested_steps():
+    from training import train_demo
+
+    def flag(args, name):
+        return int(args[args.index(name) + 1])
+    cycles = [train_demo.cycle_args(k, 9000) for k in range(len(train_demo.GEN_CYCLES))]
+    assert flag(cycles[0], "--restart-at") == 0 and flag(cycles[-1], "--steps") == 9000
+    for before, after in zip(cycles, cycles[1:]):
+        assert flag(before, "--steps") == flag(after, "--restart-at") > flag(before, "--restart-at")

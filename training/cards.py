@@ -30,6 +30,8 @@ def ctc_card(folder: Path, res: dict, train: dict, status: str, long_form: dict 
     v1 = res.get("v1_heldout")
     v1_row = (f"| first-generation held-out set (demo-grammar sentences, espeak-ng held-out pairs; {v1['n']} utts) "
               f"| {_pct(v1['cer'])} | {_pct(v1['wer'])} |\n") if v1 else ""
+    cycles = "; ".join(f"from step {c['start']:,}: peak {c['lr']:g}, {c['warmup']} warm-up, {c['p_join']:.0%} joined "
+                       f"utterances up to {c['max_utt_s']:g} s" for c in train["cycles"])
     lf = ""
     if long_form:
         settings = " / ".join(f"{k.split('_')[1]} s: {_pct(x)}" for k, x in long_form.items() if k.startswith("window_"))
@@ -62,7 +64,7 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
   (flite awb/slt and Festival's slt HTS voice are built from CMU ARCTIC recordings; Piper joe is a neural voice
   trained on recordings); rate 0.85-1.2 of each voice's own, espeak-ng pitch 30-70. {train['train_utts']:,} sentence
   renderings, {train['train_hours']:.1f} h.
-- Lengths (`training/compose.py`): each epoch, {train['p_join']:.0%} of utterances join consecutive sentences of one voice
+- Lengths (`training/compose.py`): each epoch, {train['p_join']:.0%} of utterances (in the last cycle) join consecutive sentences of one voice
   with 0.1-1.5 s pauses up to a random length of 4-{train['max_utt_s']:g} s; the rest are single sentences (~1-10 s).
 - On-the-fly augmentation: speed/formant perturbation by resampling (0.85-1.2, p 0.5; shifts pitch and formants),
   synthetic room reverb (RT60 0.1-0.7 s) with a random microphone tilt (p 0.3), gain, generated background noise
@@ -72,8 +74,9 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
 
 ## Training run
 Fine-tuned from the first-generation demo-ctc (8,000 steps on espeak-ng grammar sentences, 143 min): {train['steps']:,}
-steps of length-bucketed batches of <= 64 s of audio, AdamW (peak lr {train['lr']:g}, {train['warmup']} warm-up steps,
-cosine to 5 %), grad-norm clip 1.0; {train['minutes']:.0f} min on a 2-core CPU (AVX2, no native bf16: fp32 training).
+steps of length-bucketed batches of <= 64 s of audio ({train['epochs'] + 1} passes begun over the renderings), AdamW
+in cosine cycles to 5 % of each peak ({cycles}), grad-norm clip 1.0; {train['minutes']:.0f} min on a 2-core CPU (AVX2,
+no native bf16: fp32 training).
 
 ## Measured results (greedy decoding, measured on this exported folder)
 | set | CER | WER |

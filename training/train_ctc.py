@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--p-join", type=float, default=0.0, help="probability an utterance joins several atoms")
     ap.add_argument("--max-utt-s", type=float, default=30.0, help="longest joined utterance")
     ap.add_argument("--p-room", type=float, default=0.0, help="probability of synthetic room reverb + mic tilt")
+    ap.add_argument("--restart-at", type=int, default=0,
+                    help="from this step on, a new cycle: warm-up to --lr, cosine to --steps (stateless, so resumes "
+                         "keep it); for continuing a run whose cosine has reached its floor")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
     a = ap.parse_args(argv)
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> Path:
     history: list = list(st.get("history", []))
 
     def lr_now(s: int) -> float:
+        if a.restart_at and s >= a.restart_at:
+            return lr_at(s - a.restart_at, a.lr, a.warmup, a.steps - a.restart_at)
         if sched_from == 0:
             return lr_at(s, a.lr, a.warmup, sched_total)
         # Resumed with a new total: continue from the lr reached, cosine down over the remaining steps.
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> Path:
     if st:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        if a.steps != sched_total:  # stretch the remaining cosine instead of jumping the lr
+        if a.steps != sched_total and not a.restart_at:  # stretch the remaining cosine instead of jumping the lr
             sched_base = lr_now(step)
             sched_from, sched_total = step, a.steps
         log(f"resumed {a.state} at step {step} (epoch {epoch}, batch {pos}, {wall / 60:.1f} min trained)", logfile)
