@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kws-steps", type=int, default=1400)
     ap.add_argument("--no-kws-finetune", action="store_true", help="skip the Piper-voice / room fine-tunes")
-    ap.add_argument("--ctc-steps", type=int, default=4800)
+    ap.add_argument("--ctc-steps", type=int, default=6400)
     ap.add_argument("--ctc-max-minutes", type=float, default=0.0)
     ap.add_argument("--skip-kws", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a CPU shared with other jobs)")
