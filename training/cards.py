@@ -64,8 +64,8 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
   (flite awb/slt and Festival's slt HTS voice are built from CMU ARCTIC recordings; Piper joe is a neural voice
   trained on recordings); rate 0.85-1.2 of each voice's own, espeak-ng pitch 30-70. {train['train_utts']:,} sentence
   renderings, {train['train_hours']:.1f} h.
-- Lengths (`training/compose.py`): each epoch, {train['p_join']:.0%} of utterances (in the last cycle) join consecutive sentences of one voice
-  with 0.1-1.5 s pauses up to a random length of 4-{train['max_utt_s']:g} s; the rest are single sentences (~1-10 s).
+- Lengths (`training/compose.py`): each epoch, {train['cycles'][-1]['p_join']:.0%} of utterances (in the last cycle) join consecutive sentences of one voice
+  with 0.1-1.5 s pauses up to a random length of 4-{train['cycles'][-1]['max_utt_s']:g} s; the rest are single sentences (~1-10 s).
 - On-the-fly augmentation: speed/formant perturbation by resampling (0.85-1.2, p 0.5; shifts pitch and formants),
   synthetic room reverb (RT60 0.1-0.7 s) with a random microphone tilt (p 0.3), gain, generated background noise
   at 5-40 dB SNR (p 0.4), 8 kHz telephone band round trip, 60 % of those with 8-bit mu-law (p 0.2), time masking.

@@ -117,7 +117,7 @@ def export_ctc_from(src, status: str) -> None:
              "train_utts": len(rows), "train_hours": sum(r["num_samples"] for r in rows) / 16000 / 3600,
              "fortunes_sentences": len({r["text"] for r in rows if r["source"] == "fortunes"}),
              "grammar_sentences": sum(r["source"] == "grammar" for r in rows), "p_room": GEN_P_ROOM,
-             "cycles": GEN_CYCLES, "p_join": GEN_CYCLES[-1]["p_join"], "max_utt_s": GEN_CYCLES[-1]["max_utt_s"]}
+             "cycles": GEN_CYCLES}
     # Measured here, on the exported folder: a results file left by another model's run must not reach the card.
     cards.ctc_card(folder, res, train, status, long_form.main(["--model", str(folder)]))
     export.write_gate(folder, res, status)
