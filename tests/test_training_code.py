@@ -5,13 +5,14 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sew_pipeline.models import CTCTokenizer, SEWConfig, SEWForCTC
 from training.common import VOCAB, augment, collate, encode_text, greedy_decode, load_state, lr_at, save_state, ulaw
 from training.grammar import Grammar, emitted_words
 from training.synth import KEYWORDS, KWS_EXCLUDE, split_voices
-from training.train_ctc import make_batches
+from training.train_ctc import make_batches, train_step
 
 
 def test_grammar_is_deterministic_and_in_vocabulary():
@@ -58,20 +59,25 @@ def test_augment_and_ulaw_keep_shape_and_range():
     assert lr_at(0, 1.0, 10, 100) == 0.1 and abs(lr_at(100, 1.0, 10, 100) - 0.05) < 1e-9
 
 
-def test_tiny_ctc_steps_and_resume_file(tmp_path: Path):
-    torch.manual_seed(0)
+def _tiny_ctc_batch() -> tuple[SEWConfig, torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = SEWConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                     conv_dim=(8, 8, 8, 8, 8, 8, 8), conv_stride=(5, 2, 2, 2, 2, 2, 2),
                     conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
                     mask_time_prob=0.0, layerdrop=0.0, ctc_zero_infinity=True)
-    model = SEWForCTC(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     x, m = collate([rng.standard_normal(n).astype(np.float32) for n in (16000, 12000)])
     labs = [encode_text("ab"), encode_text("c d")]
     y = torch.full((2, 3), -100, dtype=torch.long)
     for k, t in enumerate(labs):
         y[k, : len(t)] = torch.tensor(t)
+    return cfg, x, m, y
+
+
+def test_tiny_ctc_steps_and_resume_file(tmp_path: Path):
+    torch.manual_seed(0)
+    cfg, x, m, y = _tiny_ctc_batch()
+    model = SEWForCTC(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(3):
         loss = model(x, attention_mask=m, labels=y).loss
@@ -101,6 +107,25 @@ def test_tiny_ctc_steps_and_resume_file(tmp_path: Path):
         loss.backward()
         optim.step()
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_bf16_autocast_step_trains_fp32_weights_on_nearly_the_fp32_loss():
+    """--bf16: the forward runs in bf16 (its loss differs from fp32's in the low bits, but not by more), while
+    the weights, their gradients and AdamW's moments stay fp32, and the steps lower the loss."""
+    cfg, x, m, y = _tiny_ctc_batch()
+    cfg.hidden_dropout = cfg.activation_dropout = cfg.attention_dropout = cfg.feat_proj_dropout = 0.0
+    cfg.final_dropout = 0.0  # deterministic: the fp32 and first bf16 losses differ by precision alone
+    torch.manual_seed(0)
+    model = SEWForCTC(cfg)
+    with torch.no_grad():
+        fp32 = model(x, attention_mask=m, labels=y).loss.item()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = [train_step(model, opt, x, m, y, clip=1.0, bf16=True)[0] for _ in range(6)]
+    assert all(loss.dtype == torch.float32 for loss in losses)
+    assert losses[0].item() != fp32 and losses[0].item() == pytest.approx(fp32, rel=0.02)
+    assert losses[-1].item() < losses[0].item()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for st in opt.state.values() for v in st.values() if v.is_floating_point())
 
 
 def test_unknown_words_split_is_disjoint_and_piper_uses_only_training_words():

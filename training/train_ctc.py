@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sew_pipeline.models import SEWConfig, SEWForCTC
+from sew_pipeline.models.fast import cpu_has_native_bf16
 from training.common import (WORK, Meter, UttSet, augment, collate, encode_text, greedy_decode, load_state, log,
                              lr_at, param_count, perturb_speed, reverberate, save_state)
 from training.compose import assemble, plan_epoch, text_of
@@ -56,6 +57,20 @@ def make_batches(lengths: np.ndarray, max_samples: int, seed: int) -> list[np.nd
         batches.append(np.array(cur))
     rng.shuffle(batches)
     return batches
+
+
+def train_step(model: SEWForCTC, opt: torch.optim.Optimizer, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor,
+               clip: float, bf16: bool) -> tuple[torch.Tensor, float]:
+    """One optimizer step. bf16 autocast runs the matmuls / convolutions in bf16 (AMX); the weights, their
+    gradients, AdamW and the CTC log-probs stay fp32, so no loss scaling is needed (bf16 has fp32's range)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(x, attention_mask=m, labels=y).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    if torch.isfinite(loss):
+        opt.step()
+    return loss, gn
 
 
 @torch.no_grad()
@@ -118,8 +133,12 @@ def main(argv: list[str] | None = None) -> Path:
                          "keep it); for continuing a run whose cosine has reached its floor")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="bf16 autocast for forward + backward (weights, optimizer and CTC loss stay fp32); "
+                         "auto = on where the CPU has native bf16 (AMX / avx512_bf16), else emulated and slower")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    use_bf16 = a.bf16 == "on" or (a.bf16 == "auto" and cpu_has_native_bf16())
     torch.manual_seed(0)
     run = a.state.stem.removesuffix("_resume")  # ctc_resume.pt -> train_ctc.log, ctc_last/ (as before)
     logfile = WORK / f"train_{run}.log"
@@ -154,7 +173,8 @@ def main(argv: list[str] | None = None) -> Path:
             sched_from, sched_total = step, a.steps
         log(f"resumed {a.state} at step {step} (epoch {epoch}, batch {pos}, {wall / 60:.1f} min trained)", logfile)
     log(f"CTC model {param_count(model) / 1e6:.2f}M params; train {len(train)} atoms "
-        f"({sum(r['num_samples'] for r in train.rows) / SR / 3600:.1f} h); target steps {a.steps}", logfile)
+        f"({sum(r['num_samples'] for r in train.rows) / SR / 3600:.1f} h); target steps {a.steps}; "
+        f"bf16 autocast {'on' if use_bf16 else 'off'}", logfile)
     rng = np.random.default_rng(10_000 + step)
     max_samples = int(a.batch_seconds * SR)
 
@@ -193,12 +213,7 @@ def main(argv: list[str] | None = None) -> Path:
             y[k, : len(t)] = torch.tensor(t)
         for g in opt.param_groups:
             g["lr"] = lr_now(step)
-        loss = model(x, attention_mask=m, labels=y).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip))
-        if torch.isfinite(loss):
-            opt.step()
+        loss, gn = train_step(model, opt, x, m, y, a.clip, use_bf16)
         step += 1
         meter.add(loss.item(), float(m.sum()) / SR, gn)
         if step % 50 == 0:
