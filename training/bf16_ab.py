@@ -1,0 +1,51 @@
+"""Does bf16 autocast train as well as fp32, and faster, on this CPU? (issue 16, item 4)
+
+Two short runs of the second-generation trainer from copies of one resume state, `--bf16 off` then `--bf16 on`:
+the batches, augmentation and dropout draws depend only on the step, so both see the same data and the 50-step
+mean losses differ by precision alone. Prints both runs' log lines and the time per step.
+Run (nothing else on the CPU): python -m training.bf16_ab [--state training/state/gen_resume.pt] [--steps 150]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from training import train_ctc, train_demo
+from training.common import WORK, load_state
+
+
+def run(state: Path, mode: str, steps: int) -> tuple[list[str], float]:
+    """`steps` steps in the recipe's cycle for that step, from a copy of `state`; (loss lines, s/step)."""
+    start = load_state(state)["step"]
+    k = max(i for i, c in enumerate(train_demo.GEN_CYCLES) if c["start"] <= start)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / f"ab{mode}_resume.pt"
+        shutil.copy(state, copy)
+        args = train_demo.cycle_args(k, start + steps)
+        args[args.index("--state") + 1] = str(copy)
+        args[args.index("--eval-sets") + 1] = "heldout=gen_heldout"
+        t0 = time.time()
+        train_ctc.main(args + ["--init", str(WORK / "demo-ctc-v1"), "--bf16", mode, "--eval-every", "1000000",
+                               "--save-every-s", "1e9"])
+        wall = time.time() - t0
+        log = (WORK / f"train_ab{mode}.log").read_text().splitlines()
+    return [ln for ln in log if re.search(r"ctc step \d+/", ln)][-(steps // 50):], wall / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, default=train_ctc.COMMITTED / "gen_resume.pt")
+    ap.add_argument("--steps", type=int, default=150)
+    a = ap.parse_args(argv)
+    for mode in ("off", "on"):
+        lines, per_step = run(a.state, mode, a.steps)
+        print(f"--- bf16 {mode}: {per_step:.2f} s/step (wall, model load and the final save included)")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
