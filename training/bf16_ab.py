@@ -28,12 +28,14 @@ def run(state: Path, mode: str, steps: int) -> tuple[list[str], float]:
         args = train_demo.cycle_args(k, start + steps)
         args[args.index("--state") + 1] = str(copy)
         args[args.index("--eval-sets") + 1] = "heldout=gen_heldout"
+        logfile = WORK / f"train_ab{mode}.log"  # train_ctc names it after the state file; it appends
+        before = len(logfile.read_text().splitlines()) if logfile.exists() else 0
         t0 = time.time()
-        train_ctc.main(args + ["--init", str(WORK / "demo-ctc-v1"), "--bf16", mode, "--eval-every", "1000000",
+        train_ctc.main(args + ["--init", str(train_demo.gen_init()), "--bf16", mode, "--eval-every", "1000000",
                                "--save-every-s", "1e9"])
         wall = time.time() - t0
-        log = (WORK / f"train_ab{mode}.log").read_text().splitlines()
-    return [ln for ln in log if re.search(r"ctc step \d+/", ln)][-(steps // 50):], wall / steps
+        log = logfile.read_text().splitlines()[before:]  # this run's lines only
+    return [ln for ln in log if re.search(r"ctc step \d+/", ln)], wall / steps
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import shutil
 import sys
+from pathlib import Path
 
 from training import (cards, evaluate, export, long_form, piper_synth, synth, synth_general, texts, train_ctc,
                       train_kws)
@@ -97,11 +98,17 @@ def cycle_args(k: int, steps: int) -> list[str]:
         [x for key in ("lr", "warmup", "p_join", "max_utt_s") for x in (f"--{key.replace('_', '-')}", str(c[key]))]
 
 
-def ctc_stage(steps: int, max_minutes: float, status: str, threads: int) -> None:
-    init = WORK / "demo-ctc-v1"  # a new run starts from the shipped model (first generation until replaced)
+def gen_init() -> Path:
+    """The folder a new second-generation run starts from: a copy of the shipped model (first generation until
+    replaced), kept under work/ so that replacing the shipped one cannot change a run's starting point."""
+    init = WORK / "demo-ctc-v1"
     if not init.exists():
         shutil.copytree(export.ASSETS / "models" / "demo-ctc", init)
-    extra = ["--init", str(init), "--threads", str(threads)] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+    return init
+
+
+def ctc_stage(steps: int, max_minutes: float, status: str, threads: int) -> None:
+    extra = ["--init", str(gen_init()), "--threads", str(threads)] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
     for k in range(len(GEN_CYCLES)):  # a finished cycle returns at once (its state is past its end)
         last = train_ctc.main(cycle_args(k, steps) + extra)
     export_ctc_from(last, status)
