@@ -1,6 +1,7 @@
 """Fast checks of the demo-model training code (no espeak-ng, no synthesized data, tiny shapes)."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import pytest
 import torch
 
 from sew_pipeline.models import CTCTokenizer, SEWConfig, SEWForCTC
-from training.common import VOCAB, augment, collate, encode_text, greedy_decode, load_state, lr_at, save_state, ulaw
+from training.common import (VOCAB, UttSet, augment, collate, encode_text, greedy_decode, load_state, lr_at, save_state,
+                             ulaw)
 from training.grammar import Grammar, emitted_words
+from training.loader import EpochBatches, Recipe, make_batches, stream
 from training.synth import KEYWORDS, KWS_EXCLUDE, split_voices
-from training.train_ctc import make_batches, train_step
+from training.train_ctc import at_depth, depth_of, train_step
 
 
 def test_grammar_is_deterministic_and_in_vocabulary():
@@ -128,6 +131,30 @@ def test_bf16_autocast_step_trains_fp32_weights_on_nearly_the_fp32_loss():
     assert all(v.dtype == torch.float32 for st in opt.state.values() for v in st.values() if v.is_floating_point())
 
 
+def test_growing_depth_stacks_copies_of_each_layer_and_keeps_everything_else():
+    cfg, x, m, y = _tiny_ctc_batch()
+    cfg.num_hidden_layers = 2
+    torch.manual_seed(0)
+    model = SEWForCTC(cfg)
+    assert at_depth(model, 2) is model
+    grown = at_depth(model, 5)
+    old, new = model.state_dict(), grown.state_dict()
+    assert grown.config.num_hidden_layers == 5 and depth_of(new) == 5 and depth_of(old) == 2
+    layer_keys = [k for k in new if ".layers." in k]
+    assert {k for k in new if k not in layer_keys} == {k for k in old if ".layers." not in k}
+    assert all(torch.equal(new[k], old[k]) for k in new if k not in layer_keys)
+    for i, j in enumerate((0, 0, 0, 1, 1)):  # new layer i starts as old layer i * 2 // 5
+        for k in old:
+            if f".layers.{j}." in k:
+                assert torch.equal(new[k.replace(f".layers.{j}.", f".layers.{i}.")], old[k]), (i, k)
+    q = next(k for k in new if ".layers.1." in k and k.endswith("weight"))
+    with torch.no_grad():
+        grown.state_dict()[q].add_(1.0)  # copies, not shared tensors: layers train apart
+    assert not torch.equal(grown.state_dict()[q], grown.state_dict()[q.replace(".layers.1.", ".layers.0.")])
+    opt = torch.optim.AdamW(grown.parameters(), lr=1e-3)
+    assert torch.isfinite(train_step(grown, opt, x, m, y, clip=1.0, bf16=False)[0])
+
+
 def test_unknown_words_split_is_disjoint_and_piper_uses_only_training_words():
     from training.piper_synth import piper_jobs
     from training.synth import unknown_words
@@ -142,9 +169,6 @@ def test_unknown_words_split_is_disjoint_and_piper_uses_only_training_words():
 
 
 def test_kws_sampler_mixes_the_extra_set_at_the_requested_share(tmp_path: Path):
-    import json
-
-    from training.common import UttSet
     from training.synth import KWS_LABELS
     from training.train_kws import KwsSampler
 
@@ -212,3 +236,45 @@ def test_demo_recipe_cycles_hand_over_at_each_start_and_end_at_the_requested_ste
     assert flag(cycles[0], "--restart-at") == 0 and flag(cycles[-1], "--steps") == 9000
     for before, after in zip(cycles, cycles[1:]):
         assert flag(before, "--steps") == flag(after, "--restart-at") > flag(before, "--restart-at")
+
+
+def _tiny_set(work: Path) -> UttSet:
+    """40 atoms of two voices (0.3-1.2 s of noise-like samples) in the synthesized-set layout."""
+    rng = np.random.default_rng(5)
+    rows, chunks, offset = [], [], 0
+    for i in range(40):
+        n = int(rng.integers(4800, 19200))
+        chunks.append((rng.standard_normal(n) * 3000).astype(np.int16))
+        rows.append({"text": f"WORD {i}", "voice": f"v{i % 2}", "offset": offset, "num_samples": n})
+        offset += n
+    np.concatenate(chunks).tofile(work / "tiny.bin")
+    (work / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return UttSet("tiny", work)
+
+
+def test_loader_worker_and_resume_give_the_batches_of_one_uninterrupted_run(tmp_path: Path):
+    train = _tiny_set(tmp_path)
+    recipe = Recipe(max_samples=8 * 16000, p_join=0.5, max_utt_s=6.0, p_speed=0.5, p_room=0.5)
+    noise = np.random.default_rng(1).standard_normal((2, 32000)).astype(np.float32)
+    n_epoch = len(EpochBatches(train, 0, recipe, noise))
+    run = stream(train, recipe, noise, epoch=0, pos=0, workers=0)
+    ref = [next(run) for _ in range(n_epoch + 3)]  # into the second epoch
+    run.close()
+    assert [e for e, _, _ in ref] == [0] * n_epoch + [1] * 3 and ref[n_epoch - 1][1] == n_epoch
+    texts = sorted(t for _, _, (_, _, y) in ref[:n_epoch] for t in _label_texts(y))
+    assert " ".join(texts).count("WORD") == 40  # every atom once per epoch, joined or alone
+    with_worker = stream(train, recipe, noise, epoch=0, pos=0, workers=1)
+    resumed = stream(train, recipe, noise, epoch=0, pos=n_epoch - 2, workers=1)  # a run resumed near an epoch end
+    got, got_resumed = [next(with_worker) for _ in range(n_epoch + 3)], [next(resumed) for _ in range(5)]
+    with_worker.close()
+    resumed.close()
+    for (e, p, batch), (e2, p2, batch2) in list(zip(ref, got)) + list(zip(ref[n_epoch - 2:], got_resumed)):
+        assert (e, p) == (e2, p2) and all(torch.equal(a, b) for a, b in zip(batch, batch2))
+    x, m, y = ref[0][2]
+    assert x.shape == m.shape and x.shape[0] == y.shape[0] and int(m.sum(-1).max()) == x.shape[1]
+    assert not torch.equal(ref[0][2][0][0], ref[n_epoch][2][0][0])  # a new epoch draws new batches
+
+
+def _label_texts(y: torch.Tensor) -> list[str]:
+    inv = {i: c for c, i in VOCAB.items()}
+    return ["".join(" " if int(i) == VOCAB["|"] else inv[int(i)] for i in row if i >= 0) for row in y]

@@ -77,7 +77,7 @@ Fine-tuned from the first-generation demo-ctc (8,000 steps on espeak-ng grammar 
 steps of length-bucketed batches of <= 64 s of audio ({train['epochs'] + 1} passes begun over the renderings), AdamW
 in cosine cycles to 5 % of each peak ({cycles}), grad-norm clip 1.0; {train['minutes']:.0f} min on 2-core CPUs (bf16
 autocast where the CPU has native bf16, `train_ctc.py --bf16 auto`: the first two cycles ran in fp32 on an AVX2 CPU
-without it, the third in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss).
+without it, the later ones in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss).
 
 ## Measured results (greedy decoding, measured on this exported folder)
 | set | CER | WER |

@@ -90,6 +90,25 @@ def _scored(s: UttSet, hyps: list[str]) -> dict:
     return dict(zip(("cer", "wer"), error_rates([r["text"] for r in s.rows], hyps)), n=len(s))
 
 
+def fit_by_voice(model_dir: Path, per_voice: int = 25) -> dict:
+    """Per voice (espeak-ng pooled), CER / WER on training renderings (clean: no augmentation) next to unseen
+    sentences in the same voices: a model that spells its training sentences no better than unseen ones is
+    short of capacity or steps (underfitting), not memorising them."""
+    out: dict = {}
+    for name in ("gen_train", DEV):
+        s, rng = UttSet(name), np.random.default_rng(0)
+        by = defaultdict(list)
+        for i, r in enumerate(s.rows):
+            by[r["voice"].split(":")[0] if r["voice"].startswith("espeak") else r["voice"]].append(i)
+        for voice, idx in sorted(by.items()):
+            pick = [int(i) for i in rng.permutation(idx)[:per_voice]]
+            hyps = ctc_transcribe(model_dir, [s.audio(i) for i in pick])
+            cer, wer = error_rates([s.rows[i]["text"] for i in pick], hyps)
+            out.setdefault(voice, {})["train" if name == "gen_train" else "unseen_sentences"] = \
+                {"cer": cer, "wer": wer, "n": len(pick)}
+    return out
+
+
 def eval_ctc(model_dir: Path) -> dict:
     """Second-generation sets (general English, training/synth_general.py); the first generation's held-out
     set (grammar sentences, espeak-ng held-out voices) too when it is there."""
@@ -110,6 +129,8 @@ def eval_ctc(model_dir: Path) -> dict:
     res["heldout_8k_mulaw"] = _scored(held, ctc_transcribe(model_dir, [telephone_mulaw(w) for w in waves]))
     dev = UttSet(DEV)
     res["dev_seenvoice"] = _scored(dev, ctc_transcribe(model_dir, [dev.audio(i) for i in range(len(dev))]))
+    if (WORK / "gen_train.jsonl").exists():
+        res["fit_by_voice"] = fit_by_voice(model_dir)
     if (WORK / f"{V1_HELDOUT}.jsonl").exists():
         v1 = UttSet(V1_HELDOUT)
         res["v1_heldout"] = _scored(v1, ctc_transcribe(model_dir, [v1.audio(i) for i in range(len(v1))]))
@@ -175,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.ctc:
         out["ctc"] = eval_ctc(a.ctc)
         (WORK / "results_ctc.json").write_text(json.dumps(out["ctc"], indent=1))
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("heldout_by_voice", "heldout_examples")}
-                      for k, v in out.items()}, indent=1))
+    detail = ("heldout_by_voice", "heldout_examples", "fit_by_voice")  # in the results file only
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in detail} for k, v in out.items()}, indent=1))
     return out
 
 

@@ -13,6 +13,8 @@ Run: nohup nice -n 10 python -m training.train_ctc > training/work/train_ctc.out
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -22,9 +24,8 @@ import torch
 
 from sew_pipeline.models import SEWConfig, SEWForCTC
 from sew_pipeline.models.fast import cpu_has_native_bf16
-from training.common import (WORK, Meter, UttSet, augment, collate, encode_text, greedy_decode, load_state, log,
-                             lr_at, param_count, perturb_speed, reverberate, save_state)
-from training.compose import assemble, plan_epoch, text_of
+from training.common import WORK, Meter, UttSet, collate, greedy_decode, load_state, log, lr_at, param_count, save_state
+from training.loader import Recipe, stream
 
 SR = 16000
 COMMITTED = Path(__file__).resolve().parent / "state"  # resume files carried between sessions (same name)
@@ -41,22 +42,32 @@ def ctc_config() -> SEWConfig:
     )
 
 
-def make_batches(lengths: np.ndarray, max_samples: int, seed: int) -> list[np.ndarray]:
-    """Length-bucketed batches (padded size <= max_samples), in a seeded random order."""
-    rng = np.random.default_rng(seed)
-    order = np.argsort(lengths + rng.integers(0, 1600, lengths.size), kind="stable")  # jitter: varied batch mates
-    batches, cur, cur_max = [], [], 0
-    for i in order:
-        m = max(cur_max, int(lengths[i]))
-        if cur and m * (len(cur) + 1) > max_samples:
-            batches.append(np.array(cur))
-            cur, m = [], int(lengths[i])
-        cur.append(int(i))
-        cur_max = m
-    if cur:
-        batches.append(np.array(cur))
-    rng.shuffle(batches)
-    return batches
+_LAYER_KEY = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
+
+
+def depth_of(state_dict: dict[str, torch.Tensor]) -> int:
+    return 1 + max(int(m.group(2)) for k in state_dict if (m := _LAYER_KEY.match(k)))
+
+
+def at_depth(model: SEWForCTC, layers: int) -> SEWForCTC:
+    """``model`` with ``layers`` transformer layers, by progressive stacking (Gong et al., 2019): new layer i starts
+    as old layer i * old // layers (each duplicated in place), everything else copied. Post-LN layers have no
+    identity initialisation, so this is not function-preserving, but it starts far nearer the old model's loss than
+    new layers would: capacity added to a run without starting over (see training/README.md)."""
+    old = model.config.num_hidden_layers
+    if layers == old:
+        return model
+    grown = SEWForCTC(dataclasses.replace(model.config, num_hidden_layers=layers))
+    src, sd = model.state_dict(), {}
+    for k, v in src.items():
+        m = _LAYER_KEY.match(k)
+        if m is None:
+            sd[k] = v
+        elif int(m.group(2)) == 0:
+            for i in range(layers):
+                sd[f"{m.group(1)}{i}{m.group(3)}"] = src[f"{m.group(1)}{i * old // layers}{m.group(3)}"].clone()
+    grown.load_state_dict(sd)
+    return grown
 
 
 def train_step(model: SEWForCTC, opt: torch.optim.Optimizer, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor,
@@ -133,6 +144,12 @@ def main(argv: list[str] | None = None) -> Path:
                          "keep it); for continuing a run whose cosine has reached its floor")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a CPU shared with other jobs 1 can be 2-3x faster (no barrier stalls)")
+    ap.add_argument("--layers", type=int, default=0,
+                    help="grow the model to this many transformer layers (stacking copies of its layers) and go on "
+                         "training; 0 = keep the depth of the state / --init model")
+    ap.add_argument("--loader-workers", type=int, default=0,
+                    help="processes building the next batches while the model trains (0: in the training process; "
+                         "on 2 cores a worker gained nothing: it takes its CPU from the model's threads)")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                     help="bf16 autocast for forward + backward (weights, optimizer and CTC loss stay fp32); "
                          "auto = on where the CPU has native bf16 (AMX / avx512_bf16), else emulated and slower")
@@ -146,11 +163,18 @@ def main(argv: list[str] | None = None) -> Path:
     evals = {k: UttSet(v) for k, v in (pair.split("=") for pair in a.eval_sets.split(","))}
     noise = np.load(WORK / "noise" / "noise_train.npy")
     model = SEWForCTC.from_pretrained(a.init) if a.init else SEWForCTC(ctc_config())
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8)
     st = load_state(a.state) or {}
     if not st and (COMMITTED / a.state.name).exists():  # fresh machine: continue from the file committed to git
         st = load_state(COMMITTED / a.state.name) or {}
         log(f"no {a.state}; continuing from committed {COMMITTED / a.state.name}", logfile)
+    if st:
+        model = at_depth(model, depth_of(st["model"]))  # a state saved after a --layers growth
+        model.load_state_dict(st["model"])
+    grow = bool(a.layers) and a.layers != model.config.num_hidden_layers
+    if grow:
+        log(f"growing {model.config.num_hidden_layers} -> {a.layers} layers (stacking); new AdamW state", logfile)
+        model = at_depth(model, a.layers)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8)
     step, epoch, pos, wall = st.get("step", 0), st.get("epoch", 0), st.get("pos", 0), st.get("wall_s", 0.0)
     sched_from, sched_total = st.get("sched_from", 0), st.get("sched_total", a.steps)
     sched_base = st.get("sched_base", a.lr)
@@ -166,8 +190,8 @@ def main(argv: list[str] | None = None) -> Path:
         return float(0.05 * a.lr + (sched_base - 0.05 * a.lr) * 0.5 * (1 + np.cos(np.pi * min(1.0, t))))
 
     if st:
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
+        if not grow:
+            opt.load_state_dict(st["opt"])
         if a.steps != sched_total and not a.restart_at:  # stretch the remaining cosine instead of jumping the lr
             sched_base = lr_now(step)
             sched_from, sched_total = step, a.steps
@@ -175,42 +199,20 @@ def main(argv: list[str] | None = None) -> Path:
     log(f"CTC model {param_count(model) / 1e6:.2f}M params; train {len(train)} atoms "
         f"({sum(r['num_samples'] for r in train.rows) / SR / 3600:.1f} h); target steps {a.steps}; "
         f"bf16 autocast {'on' if use_bf16 else 'off'}", logfile)
-    rng = np.random.default_rng(10_000 + step)
-    max_samples = int(a.batch_seconds * SR)
-
-    def epoch_batches(e: int):
-        utts = plan_epoch(train.rows, seed=e, p_join=a.p_join, max_s=a.max_utt_s)
-        return utts, make_batches(np.array([u.num_samples for u in utts]), max_samples, seed=e)
-
-    utts, batches = epoch_batches(epoch)
+    recipe = Recipe(max_samples=int(a.batch_seconds * SR), p_join=a.p_join, max_utt_s=a.max_utt_s,
+                    p_speed=a.p_speed, p_room=a.p_room)
+    batches = stream(train, recipe, noise, epoch, pos, workers=a.loader_workers)
     meter, t_save, t_start = Meter(), time.time(), time.time()
     last = WORK / f"{run}_last"
-
 
     def save() -> None:
         save_state(a.state, model=model.state_dict(), opt=opt.state_dict(), step=step, epoch=epoch, pos=pos,
                    wall_s=wall + time.time() - t_start, sched_from=sched_from, sched_total=sched_total,
-                   sched_base=sched_base,
-                   history=history)
+                   sched_base=sched_base, history=history)
 
     model.train()
     while step < a.steps:
-        if pos >= len(batches):
-            epoch, pos = epoch + 1, 0
-            utts, batches = epoch_batches(epoch)
-        batch = [utts[i] for i in batches[pos]]
-        pos += 1
-        waves = []
-        for u in batch:
-            y = assemble(u, train.audio, rng)
-            y = perturb_speed(y, rng) if rng.random() < a.p_speed else y
-            y = reverberate(y, rng) if rng.random() < a.p_room else y
-            waves.append(augment(y, rng, noise, p_noise=0.4, snr_db=(5.0, 40.0), p_tel=0.2))
-        x, m = collate(waves)
-        labs = [encode_text(text_of(u, train.rows)) for u in batch]
-        y = torch.full((len(labs), max(len(t) for t in labs)), -100, dtype=torch.long)
-        for k, t in enumerate(labs):
-            y[k, : len(t)] = torch.tensor(t)
+        epoch, pos, (x, m, y) = next(batches)
         for g in opt.param_groups:
             g["lr"] = lr_now(step)
         loss, gn = train_step(model, opt, x, m, y, a.clip, use_bf16)
@@ -233,6 +235,7 @@ def main(argv: list[str] | None = None) -> Path:
             t_save = time.time()
         if a.max_minutes and time.time() - t_start > a.max_minutes * 60:
             break
+    batches.close()  # stops the loader's worker
     save()
     model.save_pretrained(last)
     log(f"ctc stopped at step {step}, {(wall + time.time() - t_start) / 60:.1f} min trained", logfile)

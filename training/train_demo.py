@@ -80,12 +80,13 @@ def export_kws_from(best) -> None:
 
 # The second-generation recipe (issue 16): general English, fine-tuned from the first-generation demo-ctc, in
 # cosine cycles (the first reached its floor after one session; the next restart at a lower peak with shorter
-# joined utterances: 30-41 vs 21-28 audio-s/s in fp32, 53-74 in bf16 for cycle 3, one session each). Each cycle
+# joined utterances: 30-41 vs 21-28 audio-s/s in fp32, 53-74 in bf16 from cycle 3 on, one session each). Each cycle
 # ends where the next begins; the last one ends at --ctc-steps. Also the card's recipe.
 GEN_STATE = WORK / "gen_resume.pt"
 GEN_CYCLES = ({"start": 0, "lr": 4e-4, "warmup": 300, "p_join": 0.35, "max_utt_s": 24.0},
               {"start": 2000, "lr": 3e-4, "warmup": 100, "p_join": 0.3, "max_utt_s": 16.0},
-              {"start": 6400, "lr": 3e-4, "warmup": 100, "p_join": 0.3, "max_utt_s": 16.0})
+              {"start": 6400, "lr": 3e-4, "warmup": 100, "p_join": 0.3, "max_utt_s": 16.0},
+              {"start": 12400, "lr": 3e-4, "warmup": 100, "p_join": 0.3, "max_utt_s": 16.0})
 GEN_P_ROOM = 0.3
 GEN_ARGS = ["--train-set", "gen_train", "--eval-sets", "heldout=gen_heldout,dev=gen_dev", "--state", str(GEN_STATE),
             "--p-room", str(GEN_P_ROOM)]
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kws-steps", type=int, default=1400)
     ap.add_argument("--no-kws-finetune", action="store_true", help="skip the Piper-voice / room fine-tunes")
-    ap.add_argument("--ctc-steps", type=int, default=12400)
+    ap.add_argument("--ctc-steps", type=int, default=19000)
     ap.add_argument("--ctc-max-minutes", type=float, default=0.0)
     ap.add_argument("--skip-kws", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a CPU shared with other jobs)")
