@@ -81,9 +81,9 @@ def eval_demo_corpus(model_dir: Path) -> dict:
 HELDOUT, DEV, V1_HELDOUT = "gen_heldout", "gen_dev", "ctc_heldout"
 
 
-def voice_group(voice: str) -> str:
-    """Held-out figures per engine voice; espeak-ng's held-out accent+variant pairs pooled as one group."""
-    return "espeak-ng held-out pairs" if voice.startswith("espeak") else voice
+def voice_group(voice: str, espeak: str = "espeak-ng held-out pairs") -> str:
+    """Figures per engine voice; espeak-ng's accent+variant pairs pooled as one group named ``espeak``."""
+    return espeak if voice.startswith("espeak") else voice
 
 
 def _scored(s: UttSet, hyps: list[str]) -> dict:
@@ -95,17 +95,17 @@ def fit_by_voice(model_dir: Path, per_voice: int = 25) -> dict:
     sentences in the same voices: a model that spells its training sentences no better than unseen ones is
     short of capacity or steps (underfitting), not memorising them."""
     out: dict = {}
-    for name in ("gen_train", DEV):
+    for name, key in (("gen_train", "train"), (DEV, "unseen_sentences")):
         s, rng = UttSet(name), np.random.default_rng(0)
         by = defaultdict(list)
         for i, r in enumerate(s.rows):
-            by[r["voice"].split(":")[0] if r["voice"].startswith("espeak") else r["voice"]].append(i)
-        for voice, idx in sorted(by.items()):
-            pick = [int(i) for i in rng.permutation(idx)[:per_voice]]
-            hyps = ctc_transcribe(model_dir, [s.audio(i) for i in pick])
-            cer, wer = error_rates([s.rows[i]["text"] for i in pick], hyps)
-            out.setdefault(voice, {})["train" if name == "gen_train" else "unseen_sentences"] = \
-                {"cer": cer, "wer": wer, "n": len(pick)}
+            by[voice_group(r["voice"], espeak="espeak-ng")].append(i)
+        picks = {voice: [int(i) for i in rng.permutation(idx)[:per_voice]] for voice, idx in sorted(by.items())}
+        flat = [i for pick in picks.values() for i in pick]  # one model load per set
+        hyps = dict(zip(flat, ctc_transcribe(model_dir, [s.audio(i) for i in flat])))
+        for voice, pick in picks.items():
+            cer, wer = error_rates([s.rows[i]["text"] for i in pick], [hyps[i] for i in pick])
+            out.setdefault(voice, {})[key] = {"cer": cer, "wer": wer, "n": len(pick)}
     return out
 
 
