@@ -236,6 +236,42 @@ def test_demo_recipe_cycles_hand_over_at_each_start_and_end_at_the_requested_ste
     assert flag(cycles[0], "--restart-at") == 0 and flag(cycles[-1], "--steps") == 9000
     for before, after in zip(cycles, cycles[1:]):
         assert flag(before, "--steps") == flag(after, "--restart-at") > flag(before, "--restart-at")
+    # A cycle that grows the model or freezes its front end says so; the others leave depth and front end alone.
+    for c, args in zip(train_demo.GEN_CYCLES, cycles):
+        assert ("--layers" in args) == ("layers" in c) and ("--freeze-encoder" in args) == bool(c.get("freeze_encoder"))
+        if "layers" in c:
+            assert flag(args, "--layers") == c["layers"]
+    assert any("layers" in c for c in train_demo.GEN_CYCLES)
+
+
+def test_compact_state_keeps_weights_exact_and_moments_close_in_half_the_optimizer_bytes(tmp_path: Path):
+    from training.common import save_compact_state
+    torch.manual_seed(0)
+    cfg, x, m, y = _tiny_ctc_batch()
+    model = SEWForCTC(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x, attention_mask=m, labels=y).loss.backward()
+        opt.step()
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": 2}
+    save_state(tmp_path / "full.pt", **state)
+    save_compact_state(tmp_path / "compact.pt", state)
+    full, compact = load_state(tmp_path / "full.pt"), load_state(tmp_path / "compact.pt")
+    moment_bytes = sum(v.nbytes for s in full["opt"]["state"].values() for k, v in s.items() if k != "step")
+    saved = (tmp_path / "full.pt").stat().st_size - (tmp_path / "compact.pt").stat().st_size
+    assert saved > 0.45 * moment_bytes, (saved, moment_bytes)  # the fp32 moments stored in half the bytes
+    assert all(torch.equal(compact["model"][k], v) for k, v in full["model"].items())  # weights bit for bit
+    fresh = SEWForCTC(cfg)
+    fresh.load_state_dict(compact["model"])
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    fresh_opt.load_state_dict(compact["opt"])
+    for i, ref in full["opt"]["state"].items():
+        got = fresh_opt.state_dict()["state"][i]
+        assert torch.equal(got["step"], ref["step"])
+        for key in ("exp_avg", "exp_avg_sq"):  # back in fp32, within bf16's rounding (fp16 would flush these)
+            assert got[key].dtype == torch.float32
+            assert torch.allclose(got[key], ref[key], rtol=1 / 128, atol=1e-30), key
 
 
 def _tiny_set(work: Path) -> UttSet:

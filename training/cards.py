@@ -31,7 +31,9 @@ def ctc_card(folder: Path, res: dict, train: dict, status: str, long_form: dict 
     v1_row = (f"| first-generation held-out set (demo-grammar sentences, espeak-ng held-out pairs; {v1['n']} utts) "
               f"| {_pct(v1['cer'])} | {_pct(v1['wer'])} |\n") if v1 else ""
     cycles = "; ".join(f"from step {c['start']:,}: peak {c['lr']:g}, {c['warmup']} warm-up, {c['p_join']:.0%} joined "
-                       f"utterances up to {c['max_utt_s']:g} s" for c in train["cycles"])
+                       f"utterances up to {c['max_utt_s']:g} s"
+                       + (f", grown to {c['layers']} layers" if "layers" in c else "")
+                       + (", front end frozen" if c.get("freeze_encoder") else "") for c in train["cycles"])
     lf = ""
     if long_form:
         settings = " / ".join(f"{k.split('_')[1]} s: {_pct(x)}" for k, x in long_form.items() if k.startswith("window_"))
@@ -76,8 +78,8 @@ Input: 16 kHz mono, per-utterance normalisation over the valid samples, attentio
 Fine-tuned from the first-generation demo-ctc (8,000 steps on espeak-ng grammar sentences, 143 min): {train['steps']:,}
 steps of length-bucketed batches of <= 64 s of audio ({train['epochs'] + 1} passes begun over the renderings), AdamW
 in cosine cycles to 5 % of each peak ({cycles}), grad-norm clip 1.0; {train['minutes']:.0f} min on 2-core CPUs (bf16
-autocast where the CPU has native bf16, `train_ctc.py --bf16 auto`: the first two cycles ran in fp32 on an AVX2 CPU
-without it, the later ones in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss).
+autocast where the CPU has native bf16, `train_ctc.py --bf16 auto`: cycles 1-2 ran in fp32 on an AVX2 CPU without
+it, cycles 3-4 in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss, cycle 5 in fp32 on an AMD EPYC (AVX2)).
 
 ## Measured results (greedy decoding, measured on this exported folder)
 | set | CER | WER |

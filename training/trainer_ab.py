@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--state", type=Path, default=train_ctc.COMMITTED / "gen_resume.pt")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--variants", nargs="+", default=["--bf16 off", "--bf16 on"],
-                    help="trainer flags of each run, one quoted string per run")
+                    help="trainer flags of each run, one quoted string per run (a lone flag needs a leading space, "
+                         "' --freeze-encoder', or argparse takes it for an option of this script)")
     a = ap.parse_args(argv)
     for k, variant in enumerate(a.variants):
         lines, per_step = run(a.state, k, variant, a.steps)

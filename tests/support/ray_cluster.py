@@ -71,7 +71,7 @@ def _holds_file_under(proc: Path, prefix: str) -> bool:
 
 
 def _start_node(temp_dir: Path, env: dict, num_cpus: int, head: str | None = None,
-                memory_mb: int | None = None) -> tuple[str, str]:
+                memory_mb: int | None = None, system_config: dict | None = None) -> tuple[str, str]:
     """`ray start` of a head (head=None) or of a worker joining ``head``, on 127.0.0.1 with its own temp dir
     (a shared one lets one node's runtime-env cleanup delete the other's working_dir). Returns
     (GCS address, dashboard URL) for a head."""
@@ -86,7 +86,8 @@ def _start_node(temp_dir: Path, env: dict, num_cpus: int, head: str | None = Non
             else [f"--address={head}"])
     cmd = [str(VENV_BIN / "ray"), "start", *role, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
            "--num-gpus=0", *ports, f"--temp-dir={temp_dir}", "--disable-usage-stats",
-           *([f"--memory={memory_mb * 2**20}"] if memory_mb else [])]
+           *([f"--memory={memory_mb * 2**20}"] if memory_mb else []),
+           *([f"--system-config={json.dumps(system_config)}"] if system_config else [])]
     out = subprocess.run(cmd, env={**env, "SEW_TEST_CLUSTER": temp_dir.name}, cwd=REPO, capture_output=True,
                          text=True, timeout=180, start_new_session=True)
     assert out.returncode == 0, f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -130,6 +131,9 @@ class TwoNodes:
         return len(pids)
 
 
+NODE_DEATH_FAST = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+
+
 @pytest.fixture
 def ray_two_nodes():
     """A head (1 CPU) and a worker node (3 CPUs, 512 MiB of task memory) on 127.0.0.1 (own temp dirs and ports,
@@ -137,12 +141,15 @@ def ray_two_nodes():
     loses. The worker's task memory admits no 1 GiB decode task: 0.25-CPU decode tasks that take the worker
     first would starve a 0.75-CPU actor (each freed quarter CPU goes to the next queued task; seen on CI and
     here, also with room for two decode tasks: the worker's actor never started, the head's did all the work).
-    So the worker runs model actors and finalize tasks, the head decoding."""
+    So the worker runs model actors and finalize tasks, the head decoding.
+    The head declares a silent node dead after 3 missed health checks 1 s apart (Ray's default: 5 x 3 s): with
+    ~15 s of grace a kill late in the pass let the pass finish before the node was declared dead, so the test
+    had to kill early, in a window the worker's late-starting actor missed now and then."""
     head_dir, worker_dir = (Path(f"/tmp/ray_{role}_{uuid.uuid4().hex[:8]}") for role in ("head", "wrk"))
     env = _token_env(head_dir)
     head = HeadCluster("", "", env, head_dir)
     try:
-        head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=1)
+        head.address, head.dashboard_url = _start_node(head_dir, env, num_cpus=1, system_config=NODE_DEATH_FAST)
         _start_node(worker_dir, env, num_cpus=3, head=head.address, memory_mb=512)
         yield TwoNodes(head, worker_dir)
     finally:
