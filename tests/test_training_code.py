@@ -266,8 +266,9 @@ def test_compact_state_keeps_weights_exact_and_moments_close_in_half_the_optimiz
     fresh.load_state_dict(compact["model"])
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     fresh_opt.load_state_dict(compact["opt"])
+    reloaded = fresh_opt.state_dict()["state"]
     for i, ref in full["opt"]["state"].items():
-        got = fresh_opt.state_dict()["state"][i]
+        got = reloaded[i]
         assert torch.equal(got["step"], ref["step"])
         for key in ("exp_avg", "exp_avg_sq"):  # back in fp32, within bf16's rounding (fp16 would flush these)
             assert got[key].dtype == torch.float32

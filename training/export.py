@@ -103,12 +103,9 @@ def params_of(folder: Path) -> float:
 def ctc_folder_from_state(state_path: Path, dst: Path = WORK / "ctc_from_state") -> Path:
     """The weights inside a CTC resume file as a plain checkpoint folder (to export between evaluations)."""
     from training.common import load_state
-    from training.train_ctc import at_depth, ctc_config, depth_of
+    from training.train_ctc import ctc_config, with_weights
 
-    weights = load_state(state_path)["model"]
-    model = at_depth(SEWForCTC(ctc_config()), depth_of(weights))  # a run grown by --layers
-    model.load_state_dict(weights)
-    return model.save_pretrained(dst)
+    return with_weights(SEWForCTC(ctc_config()), load_state(state_path)["model"]).save_pretrained(dst)
 
 
 def write_gate(folder: Path, res: dict, status: str) -> None:

@@ -71,6 +71,13 @@ def at_depth(model: SEWForCTC, layers: int) -> SEWForCTC:
     return grown
 
 
+def with_weights(model: SEWForCTC, weights: dict[str, torch.Tensor]) -> SEWForCTC:
+    """``model`` at the depth of ``weights`` (a state saved after a --layers growth), with them loaded."""
+    model = at_depth(model, depth_of(weights))
+    model.load_state_dict(weights)
+    return model
+
+
 def train_step(model: SEWForCTC, opt: torch.optim.Optimizer, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor,
                clip: float, bf16: bool) -> tuple[torch.Tensor, float]:
     """One optimizer step. bf16 autocast runs the matmuls / convolutions in bf16 (AMX); the weights, their
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> Path:
                          "(bf16 optimizer moments) and exit")
     a = ap.parse_args(argv)
     if a.commit:
+        if not a.state.exists():
+            raise SystemExit(f"--commit: no resume state at {a.state}")
         save_compact_state(COMMITTED / a.state.name, load_state(a.state))
         log(f"committed form of {a.state} written to {COMMITTED / a.state.name}")
         return COMMITTED / a.state.name
@@ -179,8 +188,7 @@ def main(argv: list[str] | None = None) -> Path:
         st = load_state(COMMITTED / a.state.name) or {}
         log(f"no {a.state}; continuing from committed {COMMITTED / a.state.name}", logfile)
     if st:
-        model = at_depth(model, depth_of(st["model"]))  # a state saved after a --layers growth
-        model.load_state_dict(st["model"])
+        model = with_weights(model, st["model"])
     grow = bool(a.layers) and a.layers != model.config.num_hidden_layers
     if grow:
         log(f"growing {model.config.num_hidden_layers} -> {a.layers} layers (stacking); new AdamW state", logfile)
