@@ -79,7 +79,8 @@ Fine-tuned from the first-generation demo-ctc (8,000 steps on espeak-ng grammar 
 steps of length-bucketed batches of <= 64 s of audio ({train['epochs'] + 1} passes begun over the renderings), AdamW
 in cosine cycles to 5 % of each peak ({cycles}), grad-norm clip 1.0; {train['minutes']:.0f} min on 2-core CPUs (bf16
 autocast where the CPU has native bf16, `train_ctc.py --bf16 auto`: cycles 1-2 ran in fp32 on an AVX2 CPU without
-it, cycles 3-4 in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss, cycles 5-6 in fp32 on an AMD EPYC (AVX2)).
+it, cycles 3-4 in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss, cycles 5-6 in fp32 on an AMD EPYC (AVX2),
+cycle 7 in bf16 on an AMX Xeon).
 
 ## Measured results (greedy decoding, measured on this exported folder)
 | set | CER | WER |
