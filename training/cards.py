@@ -80,8 +80,7 @@ steps of length-bucketed batches of <= 64 s of audio ({train['epochs'] + 1} pass
 in cosine cycles to 5 % of each peak ({cycles}), grad-norm clip 1.0; {train['minutes']:.0f} min on 2-core CPUs (bf16
 autocast where the CPU has native bf16, `train_ctc.py --bf16 auto`: cycles 1-2 ran in fp32 on an AVX2 CPU without
 it, cycles 3-4 in bf16 on an AMX Xeon, 1.3-1.5x faster at the same loss, cycles 5-6 in fp32 on an AMD EPYC (AVX2),
-cycle 7 in bf16 on an AMX Xeon,
-cycle 8 in bf16 on an AMD EPYC with avx512_bf16).
+cycle 7 in bf16 on an AMX Xeon, cycle 8 in bf16 on an AMD EPYC with avx512_bf16).
 
 ## Measured results (greedy decoding, measured on this exported folder)
 | set | CER | WER |
